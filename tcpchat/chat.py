@@ -421,6 +421,8 @@ class Chat:
             t = s.asked
             self._withdraw(s)
             self._reply(s, "OK unpair " + t.nick)
+            # Without this, t would hold a stale PAIR-REQUEST.
+            self._reply(t, "UNPAIRED %s request withdrawn" % s.nick)
         else:
             self._error(s, "not-paired", "you have no pair and no pair request")
 
