@@ -1,0 +1,93 @@
+"""python -m bench [--quick]: run the benchmarks and print one table.
+
+Every server (tcpchat in line and framed mode, and the baselines) runs as a
+subprocess on a 127.0.0.1 port the kernel picks; load comes from separate
+load generator processes. Progress goes to stderr, the table to stdout.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from bench import report
+from bench.scenarios import PLANS, TARGETS, Runner
+
+SCENARIOS = ("throughput", "latency", "fanout", "connections")
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n")[0].split(": ", 1)[1])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="plan", action="store_const", const="quick",
+                      help="smaller sizes and shorter runs: under a minute")
+    size.add_argument("--tiny", dest="plan", action="store_const", const="tiny",
+                      help="the smallest sizes: proves only that it all works")
+    parser.set_defaults(plan="full")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="comma-separated, from: %(default)s")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated, from: %(default)s")
+    parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
+    parser.add_argument("--markdown", metavar="PATH",
+                        help="also write the report as Markdown (bench/RESULTS.md)")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="run tcpchat under cProfile, one .prof file per run in DIR")
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    targets = [t for t in args.targets.split(",") if t]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [t for t in targets if t not in TARGETS] + [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        make_parser().error("unknown: %s" % ", ".join(unknown))
+    plan = PLANS[args.plan]
+    started = time.monotonic()
+    runner = Runner(plan, targets, profile_dir=args.profile,
+                    progress=lambda text: print("bench: " + text, file=sys.stderr, flush=True))
+    results = runner.run_everything(scenarios)
+    m = report.machine()
+    header = "tcpchat benchmarks (%s run, %.0f s): %s, %d cores (%s), Python %s, Linux %s" % (
+        args.plan, time.monotonic() - started, m["date"], m["cores"], m["cpu"], m["python"],
+        m["kernel"])
+    table = report.table(results, targets)
+    goals = report.targets_text(results, plan)
+    print(header + "\n\n" + table + "\n\nTargets\n" + goals)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": m, "plan": args.plan,
+                       "results": [{"scenario": k[0], "size": k[1], "target": t, "figures": r}
+                                   for k, v in sorted(results.items()) for t, r in v.items()]},
+                      f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(m, args, table, goals))
+    failed = any("error" in r for v in results.values() for r in v.values())
+    return 1 if failed else 0
+
+
+def markdown(m, args, table, goals):
+    command = "python -m bench" + {"full": "", "quick": " --quick", "tiny": " --tiny"}[args.plan]
+    lines = [
+        "# Benchmark results",
+        "",
+        "The latest %s run of `%s`, from a checkout." % (args.plan, command),
+        "",
+        "- Date: %s" % m["date"],
+        "- Machine: %d cores (%s), Linux %s" % (m["cores"], m["cpu"], m["kernel"]),
+        "- Python: %s" % m["python"],
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += ["- " + line.replace("  ", ": ", 1).replace("    :", ":").replace("   :", ":")
+              for line in goals.splitlines()]
+    lines += ["", "## Table", "", "```", table, "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
