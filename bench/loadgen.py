@@ -310,7 +310,6 @@ class LoadGen:
                 else:
                     data = b"/msg %s t%dx\n" % (c.peer.nick, stamp)
                 c.sends.append(stamp)
-                c.inflight += 1
                 self._send(c, data)
                 s += 1
             if s >= total and self.msgs >= total and self.confirms >= total:

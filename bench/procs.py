@@ -135,8 +135,9 @@ class LoadProcess:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise BenchError("load generator did not answer in %.0f s" % timeout)
-            ready, _, _ = select.select([fd], [], [], left)  # a pipe, low fd
-            if ready:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if poller.poll(left * 1000):
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
                     raise BenchError("load generator exited (code %s)" % self.proc.wait(5))
