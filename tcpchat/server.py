@@ -364,6 +364,9 @@ def configure_logging(args):
     if not args.no_syslog:
         try:
             address = parse_syslog_address(args.syslog_address)
+            if isinstance(address, str) and not os.path.exists(address):
+                # Python 3.11+ would only find out at the first record.
+                raise OSError(errno.ENOENT, "no such socket")
             h = _SysLogHandler(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         except (OSError, ValueError) as e:
             log.warning("syslog at %s unavailable (%s); going on without it", args.syslog_address, e)
