@@ -311,7 +311,7 @@ def raise_open_files_limit(max_clients):
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
             soft = new
         except (ValueError, OSError) as e:
-            log.warning("cannot raise the open files limit: %s", e)
+            log.warning("cannot raise the open files limit from %d: %s", soft, e)
         if soft < want:
             log.warning(
                 "open files limit is %d (hard %d): about %d clients can connect, "
