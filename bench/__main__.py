@@ -18,7 +18,7 @@ SCENARIOS = ("throughput", "latency", "fanout", "connections")
 
 def make_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.split("\n")[0].split(": ", 1)[1])
+        prog="python -m bench", description="Run the tcpchat benchmarks and print one table.")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="plan", action="store_const", const="quick",
                       help="smaller sizes and shorter runs: under a minute")
