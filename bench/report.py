@@ -102,7 +102,7 @@ def table(results, targets):
                         cells.append("error" if i == 0 else "")
                     else:
                         mark = ""
-                        if run.get("lg_cpu", 0) >= SATURATED and key != "lg_cpu":
+                        if (run.get("lg_cpu") or 0) >= SATURATED and key != "lg_cpu":
                             mark += "*"
                             notes.add("*")
                         if not run.get("sent_ok", True):
@@ -136,8 +136,8 @@ def table(results, targets):
         "framed: the recipient sent /ack), SENT for the baselines.")
     if "*" in notes:
         legend.append(
-            "*: the load generator used >= %d%% of a core: it may have been the "
-            "bottleneck, so the server's figure is a lower bound." % (SATURATED * 100))
+            "*: a load generator used >= %d%% of a core: it may have been the "
+            "bottleneck, and the server may do better than this figure." % (SATURATED * 100))
     if "!" in notes:
         legend.append("!: not every message sent was delivered and acknowledged.")
     errors = ["%s %s %s: %s" % (k[0], k[1], t, r["error"])
