@@ -399,7 +399,10 @@ class Client:
         self.sock = None
         self.decoder = FrameDecoder(MAX_SERVER_FRAME)
         self.outbuf = bytearray()
-        self.sel = selectors.DefaultSelector()
+        # poll, not epoll: epoll refuses regular files and /dev/null, and
+        # piped-mode stdin may well be one ("< input.txt"); poll reports them
+        # readable, which they are. With three descriptors, poll costs nothing.
+        self.sel = selectors.PollSelector()
         self.stdin_open = True
         self.stdin_registered = False
         self.quitting_at = None  # monotonic deadline for BYE once /quit sent
