@@ -42,6 +42,7 @@ from .render import (
     notice_line,
     outgoing_line,
     parse_server_message,
+    quote,
     rejected_line,
 )
 from .terminal import history_path, open_terminal
@@ -196,7 +197,7 @@ class Session:
             to = self.partner if self.partner is not None else "*"
         out = Outgoing(text, to)
         self.outgoing.append(out)
-        self._waiting.append(_Expect(None, out))
+        self._waiting.append(_Expect(escape(line), out))
         return [line]
 
     # -- what the server said --
@@ -290,9 +291,12 @@ class Session:
             if req.outgoing is not None:
                 req.outgoing.outcome = "failed"
                 to = req.outgoing.to
-                what = "message %s" % _short(req.outgoing.text)
-                if to and to != "*":
-                    what += " to %s" % escape(to)
+                if not req.outgoing.text.strip():
+                    what = req.what  # e.g. "/msg bob" with no text: show it as typed
+                else:
+                    what = "message %s" % quote(req.outgoing.text)
+                    if to and to != "*":
+                        what += " to %s" % escape(to)
             else:
                 what = req.what
                 if req.what.lower().startswith("/nick") and self.nick is None:
@@ -367,20 +371,13 @@ class Session:
         lines = []
         for o in self.open_messages():
             if o.msg_id is None:
-                what = "Message %s was never acknowledged by the server" % _short(o.text)
+                what = "Message %s was never acknowledged by the server" % quote(o.text)
             else:
                 to = "everyone" if o.to == "*" else escape(o.to)
                 what = "#%s %s to %s: delivery not confirmed" % (
-                    escape(o.msg_id), _short(o.text), to)
+                    escape(o.msg_id), quote(o.text), to)
             lines.append(notice_line(when, what, self.style, "bad"))
         return lines
-
-
-def _short(text, limit=40):
-    text = text.replace("\n", " ")
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return '"%s"' % escape(text)
 
 
 class ConnectError(Exception):

@@ -29,6 +29,10 @@ __all__ = [
     "chat_line",
     "outgoing_line",
     "notice_line",
+    "quote",
+    "delivery_line",
+    "rejected_line",
+    "event_sentence",
 ]
 
 # Characters that are invisible or change how the text around them is shown,
@@ -267,7 +271,7 @@ def notice_line(when, text, style, role="info"):
     return "%s %s" % (style.paint("time", clock(when)), style.paint(role, text))
 
 
-def _quote(text, limit=40):
+def quote(text, limit=40):
     """A short excerpt of a message we sent, to say which one a line is
     about. ``limit`` counts characters, not columns: it only keeps the
     line short, nothing depends on its exact width."""
@@ -287,7 +291,7 @@ def delivery_line(when, msg_id, recipient, text, style, reason=None,
     because someone it was meant for never got it.
     """
     mid = "#%s" % escape(msg_id)
-    what = _quote(text)
+    what = quote(text)
     if reason is not None:
         return notice_line(
             when,

@@ -69,7 +69,15 @@ def _write_all(fd, data):
     # os.write may write less than asked on a tty; loop until done.
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        except OSError:
+            # The terminal hung up (EIO) or the reader of a pipe left
+            # (EPIPE): there is nobody to show this to, and the client must
+            # still say goodbye to the server, so carry on without output.
+            return
         view = view[n:]
 
 

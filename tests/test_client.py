@@ -198,6 +198,79 @@ def client_env(tmp_path, **extra):
     return env
 
 
+class Screen:
+    """Just enough of a terminal to see what a person would see: the
+    cursor motions and erasures readline uses (CR, LF, BS, CSI A B C D K J
+    P @, SGR and modes ignored), one cell per character, two for wide."""
+
+    CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z@])|\x1b(.)", re.S)
+
+    def __init__(self, data):
+        self.rows = [[]]
+        self.row = self.col = 0
+        text = data.decode("utf-8", "replace")
+        pos = 0
+        for m in self.CSI.finditer(text):
+            self._text(text[pos:m.start()])
+            pos = m.end()
+            if m.group(2):
+                self._csi(m.group(1), m.group(2))
+        self._text(text[pos:])
+
+    def _line(self):
+        while len(self.rows) <= self.row:
+            self.rows.append([])
+        line = self.rows[self.row]
+        while len(line) < self.col:
+            line.append(" ")
+        return line
+
+    def _text(self, text):
+        from tcpchat.render import display_width
+        for ch in text:
+            if ch == "\r":
+                self.col = 0
+            elif ch == "\n":
+                self.row += 1
+            elif ch == "\b":
+                self.col = max(0, self.col - 1)
+            elif ch < " ":
+                continue
+            else:
+                line = self._line()
+                cells = [ch] + [""] * (display_width(ch) - 1)
+                line[self.col:self.col + len(cells)] = cells
+                self.col += len(cells)
+
+    def _csi(self, params, final):
+        n = int(params) if params.isdigit() else 1
+        if final == "A":
+            self.row = max(0, self.row - n)
+        elif final == "B":
+            self.row += n
+        elif final == "C":
+            self.col += n
+        elif final == "D":
+            self.col = max(0, self.col - n)
+        elif final == "K":
+            del self._line()[self.col:]
+        elif final == "J":
+            del self._line()[self.col:]
+            del self.rows[self.row + 1:]
+        elif final == "P":
+            del self._line()[self.col:self.col + n]
+        elif final == "@":
+            self._line()[self.col:self.col] = [" "] * n
+
+    def lines(self):
+        return ["".join(r).rstrip() for r in self.rows]
+
+    def cursor_line(self):
+        """The line the cursor is on, and the text left of the cursor."""
+        row = "".join(self._line())
+        return row.rstrip(), "".join(self._line()[:self.col])
+
+
 class PtyClient:
     """tcpchat-client on a pseudo-terminal; we hold the master side."""
 
@@ -258,6 +331,18 @@ class PtyClient:
                 if screen.find(text, self.pos) < 0:
                     raise AssertionError("client exited (%s) without printing %r:\n%s"
                                          % (self.proc.returncode, text, screen[self.pos:]))
+
+    def expect_cursor(self, line, left_of_cursor, timeout=TIMEOUT):
+        """Wait until the cursor's line reads ``line`` with the cursor just
+        after ``left_of_cursor``, as a person would see it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = Screen(self.raw)
+            if screen.cursor_line() == (line, left_of_cursor):
+                return screen
+            if not self._read(deadline) and time.monotonic() >= deadline:
+                raise AssertionError("cursor line is %r, not %r\n%s" % (
+                    screen.cursor_line(), (line, left_of_cursor), "\n".join(screen.lines())))
 
     def type(self, keys):
         os.write(self.master, keys.encode("utf-8"))
@@ -322,13 +407,16 @@ def test_half_typed_line_and_cursor_survive_an_incoming_message(server, run_clie
     alice.expect("alice\u2192bob> ")
     # "helo world" with the cursor moved back to just after "hel".
     alice.type("helo world" + LEFT * 7)
-    alice.expect("helo world")
+    alice.expect_cursor("alice\u2192bob> helo world", "alice\u2192bob> hel")
     before = termios.tcgetattr(alice.master)
     bob.send("hi there \x1b[2J\x1b]0;pwned\x07 \u202eevil")
     # The message lands above the input line, defused, and then the prompt
     # and the half-typed line are drawn again.
     seen = alice.expect("alice\u2192bob> helo world")
     assert "[pair] bob: hi there ^[[2J^[]0;pwned^G <U+202E>evil" in seen
+    screen = alice.expect_cursor("alice\u2192bob> helo world", "alice\u2192bob> hel")
+    assert screen.lines()[screen.row - 1].endswith(
+        "[pair] bob: hi there ^[[2J^[]0;pwned^G <U+202E>evil")
     assert "\x1b]0;pwned" not in alice.raw.decode("utf-8", "replace")
     assert termios.tcgetattr(alice.master) == before
     # And alice's client acked bob's message once it was on the screen.
@@ -515,3 +603,21 @@ def test_version_and_help(tmp_path):
     assert p.stdout.decode().strip() == "tcpchat-client " + __version__
     p = run_piped(1, "", "--help", tmp_path=tmp_path)
     assert "--wait SECONDS" in p.stdout.decode() and "--ip" in p.stdout.decode()
+
+
+def test_window_resize_and_wide_characters_keep_the_line_intact(server, run_client):
+    bob = server.connect(nick="bob")
+    alice = run_client("--nick", "alice", "--no-color")
+    alice.expect("alice> ")
+    alice.type("/msg bob 日本語 ")
+    alice.expect("日本語 ")
+    # The kernel sends SIGWINCH to the client when its pty changes size.
+    fcntl.ioctl(alice.master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    bob.send("/msg alice \u4f60\u597d \U0001F600")
+    alice.expect("[private] bob: \u4f60\u597d \U0001F600")
+    alice.expect("alice> /msg bob 日本語 ")
+    alice.type("ok\r")
+    assert bob.expect("MSG ").endswith(" alice bob 日本語 ok")
+    alice.expect('"日本語 ok" delivered to bob')
+    alice.type("\x04")
+    assert alice.wait() == 0
