@@ -405,7 +405,6 @@ class Client:
         self.quitting_at = None  # monotonic deadline for BYE once /quit sent
         self.eof_deadline = None  # piped mode: wait for outcomes until then
         self.done = False
-        self.status = EXIT_OK
         self.lost = None  # why the connection ended, if the server ended it
         self.interrupts = 0
         self.resized = False
@@ -667,30 +666,38 @@ class Client:
             timeout = self._timeout()
             if timeout is not None and timeout <= 0:
                 if self.quitting_at is not None:
-                    break  # no BYE in time: leave anyway
+                    self.show([notice_line(self.now(), "No goodbye from the server in %g s; "
+                                           "leaving anyway." % QUIT_WAIT,
+                                           self.session.style, "bad")])
+                    break
                 self._eof_wait_over()
                 continue
-            for key, _ in self.sel.select(timeout):
+            for key, mask in self.sel.select(timeout):
+                # An earlier handler in this pass may have closed the
+                # socket or stopped stdin: check before each one.
                 if self.done:
                     break
                 if key.data == "signal":
-                    try:
-                        while os.read(wake_r, 512):
-                            pass
-                    except (BlockingIOError, InterruptedError):
-                        pass
+                    _drain(wake_r)
                 elif key.data == "socket" and self.sock is not None:
-                    self._read_socket()
-                    if self.sock is not None:
+                    if mask & selectors.EVENT_READ:
+                        self._read_socket()
+                    if mask & selectors.EVENT_WRITE:
                         self._flush()
                 elif key.data == "stdin" and self.stdin_registered:
                     self._read_stdin()
             self._handle_signals()
-            if not self.interactive and self.stdin_open is False and \
-                    self.quitting_at is None and self.session.settled():
-                self._quit()
-            if not self.interactive and self.session.registration_failed \
-                    and self.session.nick is None and self.quitting_at is None:
+            self._after_pass()
+
+    def _after_pass(self):
+        """Decisions that depend on the state the whole pass left behind."""
+        s = self.session
+        if self.quitting_at is not None and s.bye:
+            self.done = True  # BYE is the server's last word: nothing to wait for
+        elif not self.interactive and self.quitting_at is None:
+            if not self.stdin_open and s.settled():
+                self._quit()  # piped input done and every outcome known
+            elif s.registration_failed and s.nick is None:
                 self._quit()  # piped input cannot pick another nick
 
     def _timeout(self):
@@ -706,12 +713,21 @@ class Client:
     def _exit_status(self):
         s = self.session
         self.show(s.summary(self.now()))
-        if self.lost is not None and not (s.bye and self.quitting_at is not None):
+        if self.lost is not None:
             return EXIT_CONNECTION
         if not self.interactive:
             if s.errors or not s.all_delivered() or s.registration_failed:
                 return EXIT_UNDELIVERED
         return EXIT_OK
+
+
+def _drain(fd):
+    """Empty the signal wakeup pipe; its bytes only mean "look again"."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 def _reason(exc):

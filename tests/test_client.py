@@ -180,6 +180,16 @@ TRAMPOLINE = (
     "os.execv(sys.executable, [sys.executable, '-m', 'tcpchat.client'] + sys.argv[1:])"
 )
 
+# The same, in a Python whose readline module cannot be imported (as with a
+# build without it): the client must fall back to plain line input.
+TRAMPOLINE_NO_READLINE = (
+    "import fcntl, sys, termios;"
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0);"
+    "sys.modules['readline'] = None;"
+    "from tcpchat.client import main;"
+    "sys.exit(main(sys.argv[1:]))"
+)
+
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
 
 UP = "\x1b[A"
@@ -274,12 +284,13 @@ class Screen:
 class PtyClient:
     """tcpchat-client on a pseudo-terminal; we hold the master side."""
 
-    def __init__(self, port, *args, env):
+    def __init__(self, port, *args, env, readline=True):
         self.master, slave = os.openpty()
         # Wide enough that no line of ours wraps.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", TRAMPOLINE, "--port", str(port)] + list(args),
+            [sys.executable, "-c", TRAMPOLINE if readline else TRAMPOLINE_NO_READLINE,
+             "--port", str(port)] + list(args),
             stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
             start_new_session=True, close_fds=True,
         )
@@ -382,9 +393,9 @@ def server():
 def run_client(tmp_path, server):
     started = []
 
-    def start(*args, env=None, port=None):
+    def start(*args, env=None, port=None, readline=True):
         c = PtyClient(server.port if port is None else port, *args,
-                      env=env or client_env(tmp_path))
+                      env=env or client_env(tmp_path), readline=readline)
         started.append(c)
         return c
 
@@ -621,3 +632,30 @@ def test_window_resize_and_wide_characters_keep_the_line_intact(server, run_clie
     alice.expect('"日本語 ok" delivered to bob')
     alice.type("\x04")
     assert alice.wait() == 0
+
+
+def test_without_readline_plain_lines_still_work(server, run_client):
+    bob = server.connect(nick="bob")
+    alice = run_client("--nick", "alice", "--no-color", readline=False)
+    alice.expect("alice> ")
+    assert alice.termios()[3] & termios.ICANON  # the tty's own line editing
+    bob.send("/msg alice hi \x1b[2J")
+    alice.expect("[private] bob: hi ^[[2J")
+    alice.expect("alice> ")
+    alice.type("/msg bob typed plainly\n")
+    assert bob.expect("MSG ").endswith(" alice bob typed plainly")
+    alice.expect('"typed plainly" delivered to bob')
+    alice.type("\x04")
+    alice.expect("Server closed the session: goodbye.")
+    assert alice.wait() == 0
+
+
+def test_full_server_refuses_with_one_line(tmp_path):
+    with ServerProcess("--max-clients", "1") as srv:
+        first = srv.connect(nick="first")  # noqa: F841 (holds the only place)
+        p = run_piped(srv.port, "", "--nick", "ci", tmp_path=tmp_path)
+    assert p.returncode == 3
+    err = p.stderr.decode()
+    assert err.startswith("cannot connect to 127.0.0.1:%d: the server refused: server-full"
+                          % srv.port)
+    assert err.count("\n") == 1
