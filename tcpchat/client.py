@@ -23,6 +23,7 @@ away.
 """
 
 import argparse
+import collections
 import errno
 import os
 import selectors
@@ -131,9 +132,12 @@ class Session:
         self.leaving = False  # the user asked to quit
         self._setup = 0  # --nick / --pair requests not answered yet
         self.errors = 0  # ERR answers to what we sent (piped mode's status)
-        self._waiting = []  # _Expect, in the order sent
-        self._by_id = {}  # message id -> Outgoing still open
-        self.outgoing = []  # every Outgoing, for the final account
+        self.undelivered = 0  # messages that failed, wholly or in part
+        self._waiting = collections.deque()  # _Expect, in the order sent
+        self._by_id = {}  # message id -> Outgoing, from SENT to its outcome
+        # Messages without an outcome yet, in the order typed; settled ones
+        # leave, so a long session does not keep every line it ever sent.
+        self._open = []
 
     # -- what the user typed --
 
@@ -158,18 +162,19 @@ class Session:
 
     def user_line(self, line, when):
         """A line the user typed (or piped). Returns ``(show, send)``."""
-        if not line.strip():
-            return [], []
         stripped = line.strip()
+        if not stripped:
+            return [], []
         if stripped == ":quit:" or stripped.split(" ", 1)[0].lower() == "/quit":
             self.leaving = True
             return [], self._command(stripped)
-        if self.nick is None and self.interactive and not line.startswith("/") \
-                and line.strip() != ":quit:":
-            # Before registering, a bare word is the nick being asked for.
-            return [], self._command("/nick " + line.strip())
-        if line.startswith("//") or not (line.startswith("/") or line.strip() == ":quit:"):
-            return [], self._chat(line, line[1:] if line.startswith("//") else line, None)
+        if line.startswith("//"):
+            return [], self._chat(line, line[1:], None)
+        if not line.startswith("/"):
+            if self.nick is None and self.interactive:
+                # Before registering, a bare word is the nick being asked for.
+                return [], self._command("/nick " + stripped)
+            return [], self._chat(line, line, None)
         word, _, rest = line.partition(" ")
         word = word.lower()
         if word in ("/msg", "/w"):
@@ -196,7 +201,7 @@ class Session:
         if to is None:
             to = self.partner if self.partner is not None else "*"
         out = Outgoing(text, to)
-        self.outgoing.append(out)
+        self._open.append(out)
         self._waiting.append(_Expect(escape(line), out))
         return [line]
 
@@ -205,10 +210,9 @@ class Session:
     def server_message(self, text, when):
         """One message from the server. Returns ``(show, send)``."""
         msg = parse_server_message(text)
-        k = msg.keyword
-        handler = getattr(self, "_on_" + k.replace("-", "_").lower(), None)
-        if handler is not None and k.isupper():
-            return handler(msg, when)
+        name = self._HANDLERS.get(msg.keyword)
+        if name is not None:
+            return getattr(self, name)(msg, when)
         return self._sentence(msg, when), []
 
     def _sentence(self, msg, when, partner=None):
@@ -222,7 +226,7 @@ class Session:
         """The oldest request still waiting: this answer is its answer."""
         if not self._waiting:
             return None
-        req = self._waiting.pop(0)
+        req = self._waiting.popleft()
         self._setup -= req.setup
         return req
 
@@ -243,7 +247,7 @@ class Session:
         out = req.outgoing if req is not None and req.outgoing is not None else None
         if out is None:
             out = Outgoing("", to)  # not ours to match; still track its fate
-            self.outgoing.append(out)
+            self._open.append(out)
         out.to = to
         out.msg_id = msg_id
         out.total = int(count) if count.isdigit() else None
@@ -261,9 +265,9 @@ class Session:
         if nick == "*":
             got = int(msg.text) if msg.text.isdigit() else None
             partial = got is not None and out.total is not None and got < out.total
-            out.outcome = "failed" if partial else "delivered"
+            self._settle(out, "failed" if partial else "delivered")
         else:
-            out.outcome = "delivered"
+            self._settle(out, "delivered")
         line = delivery_line(when, msg_id, nick, out.text, self.style,
                              got=got, total=out.total if nick == "*" else None)
         return [line], []
@@ -273,7 +277,7 @@ class Session:
         out = self._by_id.pop(msg_id, None)
         text = ""
         if out is not None:
-            out.outcome = "failed"
+            self._settle(out, "failed")
             text = out.text
         reason = msg.text or "no reason given"
         return [delivery_line(when, msg_id, nick, text, self.style, reason=reason)], []
@@ -289,7 +293,7 @@ class Session:
         what = None
         if req is not None:
             if req.outgoing is not None:
-                req.outgoing.outcome = "failed"
+                self._settle(req.outgoing, "failed")
                 to = req.outgoing.to
                 if not req.outgoing.text.strip():
                     what = req.what  # e.g. "/msg bob" with no text: show it as typed
@@ -353,18 +357,46 @@ class Session:
             self.partner = new
         return self._sentence(msg, when), []
 
+    # Keywords that change state or need our records; every other keyword
+    # is only told to the user (render.event_sentence).
+    _HANDLERS = {
+        "MSG": "_on_msg",
+        "SENT": "_on_sent",
+        "DELIVERED": "_on_delivered",
+        "FAILED": "_on_failed",
+        "ERR": "_on_err",
+        "OK": "_on_ok",
+        "PONG": "_on_pong",
+        "BYE": "_on_bye",
+        "PAIRED": "_on_paired",
+        "UNPAIRED": "_on_unpaired",
+        "RENAMED": "_on_renamed",
+    }
+
     # -- the account at the end --
+
+    def _settle(self, out, outcome):
+        if out.outcome is not None:
+            return
+        out.outcome = outcome
+        if outcome != "delivered":
+            self.undelivered += 1
+        try:
+            self._open.remove(out)
+        except ValueError:
+            pass
 
     def open_messages(self):
         """Messages whose fate is not known yet (no SENT, or no outcome)."""
-        return [o for o in self.outgoing if o.outcome is None]
+        return list(self._open)
 
     def all_delivered(self):
-        return all(o.outcome == "delivered" for o in self.outgoing)
+        """Every message sent so far reached everyone it was meant for."""
+        return not self._open and not self.undelivered
 
     def settled(self):
         """Nothing we sent is still waiting for an answer or an outcome."""
-        return not self._waiting and not self.open_messages()
+        return not self._waiting and not self._open
 
     def summary(self, when):
         """Lines saying which messages never got an outcome, for exit."""

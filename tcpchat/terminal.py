@@ -190,11 +190,15 @@ class ReadlineUnavailable(Exception):
 
 
 class ReadlineTerminal:
-    """GNU readline through its callback interface (see module docstring)."""
+    """GNU readline through its callback interface (see module docstring).
+
+    readline reads the C library's stdin and writes its stdout, so this
+    terminal is always file descriptors 0 and 1.
+    """
 
     interactive = True
 
-    def __init__(self, history_file=None, stdin_fd=0, stdout_fd=1):
+    def __init__(self, history_file=None):
         try:
             import readline
         except ImportError:
@@ -225,8 +229,8 @@ class ReadlineTerminal:
         self._fflush.argtypes = [ctypes.c_void_p]
         lib.rl_callback_handler_install.argtypes = [ctypes.c_char_p, _LINE_HANDLER]
         lib.rl_set_prompt.argtypes = [ctypes.c_char_p]
-        self._in = stdin_fd
-        self._out = stdout_fd
+        self._in = 0
+        self._out = 1
         self._history_file = history_file
         self._lines = []
         self._installed = False
@@ -261,11 +265,21 @@ class ReadlineTerminal:
         cleanup = getattr(self._lib, "rl_callback_sigcleanup", None)
         if cleanup is not None:
             cleanup()
+        # A bare prompt is wiped so the shell's prompt comes back in column 0;
+        # a half-typed line (Ctrl-C) stays on screen, as shells leave it.
+        try:
+            typed = ctypes.c_int.in_dll(self._lib, "rl_end").value
+        except ValueError:
+            typed = 1
+        if typed:
+            self._fflush(None)
+            _write_all(self._out, b"\n")
+        else:
+            self._lib.rl_clear_visible_line()
         # Removing the handler also restores the terminal modes readline
         # changed when it was installed (rl_deprep_terminal).
         self._lib.rl_callback_handler_remove()
         self._fflush(None)
-        _write_all(self._out, b"\n")
         self._save_history()
 
     # -- input --
@@ -370,7 +384,9 @@ def open_terminal(history_file, stdin_fd=0, stdout_fd=1):
     is there, the plain terminal on a tty without it, else a pipe."""
     if not os.isatty(stdin_fd):
         return PipeInput(stdin_fd, stdout_fd)
-    try:
-        return ReadlineTerminal(history_file, stdin_fd, stdout_fd)
-    except ReadlineUnavailable:
-        return PlainTerminal(stdin_fd, stdout_fd)
+    if stdin_fd == 0 and stdout_fd == 1:
+        try:
+            return ReadlineTerminal(history_file)
+        except ReadlineUnavailable:
+            pass
+    return PlainTerminal(stdin_fd, stdout_fd)
