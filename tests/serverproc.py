@@ -26,28 +26,39 @@ class ServerProcess:
     Its stderr is collected by a thread; ``wait_log(text)`` waits for a line.
     """
 
-    def __init__(self, *extra, host=HOST):
+    def __init__(self, *extra, host=HOST, nofile=None):
         self.extra = list(extra)
         self.host = host
+        self.nofile = nofile  # a soft open-files limit to start it under
         self.port = None
         self.proc = None
         self._lines = []
         self._cond = threading.Condition()
 
     def start(self):
-        cmd = [sys.executable, "-m", "tcpchat.server", "--host", self.host, "--port", "0",
-               "--no-syslog"] + self.extra
+        cmd = [sys.executable, "-m", "tcpchat.server", "--host", self.host, "--port", "0"]
+        if "--syslog-address" not in self.extra:
+            cmd.append("--no-syslog")  # the test machine's /dev/log is not ours
+        cmd += self.extra
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env, cwd=REPO,
+            stderr=subprocess.PIPE, env=env, cwd=REPO, preexec_fn=self._limit,
         )
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
         line = self.wait_log("listening on ")
         address = line.split("listening on ", 1)[1].strip()
         self.port = int(address.rsplit(":", 1)[1])
         return self
+
+    def _limit(self):
+        if self.nofile is not None:
+            import resource
+
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def _collect(self):
         for raw in self.proc.stderr:
@@ -100,6 +111,8 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        # The collector reads until EOF, which the exit has brought.
+        self._collector.join(TIMEOUT)
         self.proc.stderr.close()
 
     def connect(self, framed=False, nick=None):
@@ -123,9 +136,8 @@ class _Client:
 
     def _fill(self, deadline):
         """Read once, waiting until ``deadline``; False on timeout."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
+        # A deadline already passed still polls once, without waiting.
+        left = max(0.0, deadline - time.monotonic())
         r, _, _ = select.select([self.sock], [], [], left)
         if not r:
             return False
