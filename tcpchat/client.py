@@ -440,6 +440,7 @@ class Client:
         self.lost = None  # why the connection ended, if the server ended it
         self.interrupts = 0
         self.resized = False
+        self.suspended = False
         self.prompt = None
 
     # -- connecting --
@@ -639,10 +640,17 @@ class Client:
         # fd makes select return so the loop acts on it at once.
         if signum == signal.SIGWINCH:
             self.resized = True
+        elif signum == signal.SIGTSTP:
+            self.suspended = True
         else:
             self.interrupts += 1
 
     def _handle_signals(self):
+        if self.suspended:
+            self.suspended = False
+            self.term.suspend()
+            # The window may have changed while we were stopped.
+            self.resized = True
         if self.resized:
             self.resized = False
             resize = getattr(self.term, "resize", None)
@@ -665,6 +673,10 @@ class Client:
         self.sel.register(wake_r, selectors.EVENT_READ, "signal")
         old_wakeup = signal.set_wakeup_fd(wake_w)
         handled = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH]
+        if hasattr(self.term, "suspend"):
+            # Only a terminal we put in a special mode needs to see Ctrl-Z;
+            # elsewhere the default stop is right.
+            handled.append(signal.SIGTSTP)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in handled}
         try:
             self.show([notice_line(

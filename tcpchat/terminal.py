@@ -28,6 +28,7 @@ marks end of input), ``set_prompt(prompt)``, ``show(text)``, ``stop()``.
 
 import ctypes
 import os
+import signal
 import sys
 
 __all__ = [
@@ -216,7 +217,8 @@ class ReadlineTerminal:
             # older lacks it and gets the plain terminal.
             for name in ("rl_callback_handler_install", "rl_callback_read_char",
                          "rl_callback_handler_remove", "rl_clear_visible_line",
-                         "rl_on_new_line", "rl_redisplay", "rl_set_prompt"):
+                         "rl_on_new_line", "rl_redisplay", "rl_set_prompt",
+                         "rl_prep_terminal", "rl_deprep_terminal"):
                 getattr(lib, name)
             free, fflush = libc.free, libc.fflush
         except (OSError, AttributeError, TypeError) as exc:
@@ -229,6 +231,7 @@ class ReadlineTerminal:
         self._fflush.argtypes = [ctypes.c_void_p]
         lib.rl_callback_handler_install.argtypes = [ctypes.c_char_p, _LINE_HANDLER]
         lib.rl_set_prompt.argtypes = [ctypes.c_char_p]
+        lib.rl_prep_terminal.argtypes = [ctypes.c_int]
         self._in = 0
         self._out = 1
         self._history_file = history_file
@@ -341,6 +344,34 @@ class ReadlineTerminal:
         lib.rl_clear_visible_line()
         self._fflush(None)
         _write_all(self._out, data)
+        lib.rl_on_new_line()
+        lib.rl_redisplay()
+        self._fflush(None)
+
+    def suspend(self):
+        """Ctrl-Z: hand the terminal back in the state we found it, stop
+        like any job, and when continued take it again and redraw.
+
+        readline's own prep/deprep functions do the switching, so its
+        bracketed-paste mode goes off and on with the rest.
+        """
+        if not self._installed:
+            return
+        lib = self._lib
+        self._fflush(None)
+        _write_all(self._out, b"\n")
+        lib.rl_deprep_terminal()
+        self._fflush(None)
+        # Stop the way the default action would have. In an orphaned
+        # process group (no shell to continue us) the kernel discards it,
+        # which is right: nobody could bring us back.
+        previous = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        try:
+            os.kill(os.getpid(), signal.SIGTSTP)
+        finally:
+            signal.signal(signal.SIGTSTP, previous)
+        # Continued (fg): 1 keeps 8-bit input intact, which UTF-8 needs.
+        lib.rl_prep_terminal(1)
         lib.rl_on_new_line()
         lib.rl_redisplay()
         self._fflush(None)

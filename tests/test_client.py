@@ -190,6 +190,30 @@ TRAMPOLINE_NO_READLINE = (
     "sys.exit(main(sys.argv[1:]))"
 )
 
+# As a job-control shell runs a command: the client in a process group of
+# its own, in the terminal's foreground, with this process as its parent
+# (so Ctrl-Z really stops it: the kernel drops stop signals for orphans).
+# The client's pid goes to $PIDFILE; our exit status is the client's.
+TRAMPOLINE_JOB = """
+import fcntl, os, signal, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.tcsetpgrp(0, os.getpid())
+    signal.signal(signal.SIGTTOU, signal.SIG_DFL)
+    os.execv(sys.executable, [sys.executable, "-m", "tcpchat.client"] + sys.argv[1:])
+with open(os.environ["PIDFILE"], "w") as f:
+    f.write(str(pid))
+while True:
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    if os.WIFEXITED(status):
+        sys.exit(os.WEXITSTATUS(status))
+    if os.WIFSIGNALED(status):
+        sys.exit(128 + os.WTERMSIG(status))
+"""
+
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
 
 UP = "\x1b[A"
@@ -284,13 +308,12 @@ class Screen:
 class PtyClient:
     """tcpchat-client on a pseudo-terminal; we hold the master side."""
 
-    def __init__(self, port, *args, env, readline=True):
+    def __init__(self, port, *args, env, trampoline=TRAMPOLINE):
         self.master, slave = os.openpty()
         # Wide enough that no line of ours wraps.
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", TRAMPOLINE if readline else TRAMPOLINE_NO_READLINE,
-             "--port", str(port)] + list(args),
+            [sys.executable, "-c", trampoline, "--port", str(port)] + list(args),
             stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
             start_new_session=True, close_fds=True,
         )
@@ -393,9 +416,9 @@ def server():
 def run_client(tmp_path, server):
     started = []
 
-    def start(*args, env=None, port=None, readline=True):
+    def start(*args, env=None, port=None, trampoline=TRAMPOLINE):
         c = PtyClient(server.port if port is None else port, *args,
-                      env=env or client_env(tmp_path), readline=readline)
+                      env=env or client_env(tmp_path), trampoline=trampoline)
         started.append(c)
         return c
 
@@ -636,7 +659,7 @@ def test_window_resize_and_wide_characters_keep_the_line_intact(server, run_clie
 
 def test_without_readline_plain_lines_still_work(server, run_client):
     bob = server.connect(nick="bob")
-    alice = run_client("--nick", "alice", "--no-color", readline=False)
+    alice = run_client("--nick", "alice", "--no-color", trampoline=TRAMPOLINE_NO_READLINE)
     alice.expect("alice> ")
     assert alice.termios()[3] & termios.ICANON  # the tty's own line editing
     bob.send("/msg alice hi \x1b[2J")
@@ -659,3 +682,37 @@ def test_full_server_refuses_with_one_line(tmp_path):
     assert err.startswith("cannot connect to 127.0.0.1:%d: the server refused: server-full"
                           % srv.port)
     assert err.count("\n") == 1
+
+
+def _state(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_state(pid, wanted, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while _state(pid) not in wanted:
+        assert time.monotonic() < deadline, "pid %d never reached state %s" % (pid, wanted)
+        time.sleep(0.01)  # polling a state with a deadline, not synchronising by delay
+
+
+def test_ctrl_z_gives_the_terminal_back_and_fg_resumes(server, run_client, tmp_path):
+    bob = server.connect(nick="bob")
+    pidfile = tmp_path / "pid"
+    alice = run_client("--nick", "alice", "--no-color", trampoline=TRAMPOLINE_JOB,
+                       env=client_env(tmp_path, PIDFILE=str(pidfile)))
+    alice.expect("alice> ")
+    pid = int(pidfile.read_text())
+    alice.type("half")
+    alice.expect("half")
+    alice.type("\x1a")  # Ctrl-Z
+    _wait_state(pid, "T")
+    assert_cooked(alice.termios())  # the shell gets a normal terminal
+    alice.expect_cursor("", "")  # and a fresh line to print its prompt on
+    os.kill(pid, signal.SIGCONT)  # what fg does once it has the terminal
+    alice.expect_cursor("alice> half", "alice> half")
+    assert not alice.termios()[3] & termios.ICANON
+    alice.type("way\r")
+    assert bob.expect("MSG ").endswith(" alice * halfway")
+    alice.type("\x04")
+    assert alice.wait() == 0
