@@ -786,19 +786,40 @@ def _address(host, port):
     return "[%s]:%s" % (host, port) if ":" in host else "%s:%s" % (host, port)
 
 
+def _port(text):
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+def _seconds(text):
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
+_port.__name__ = "port"  # argparse names the type in its error message
+_seconds.__name__ = "number of seconds"
+
+
 def make_parser():
     parser = argparse.ArgumentParser(
         prog="tcpchat-client",
         description="A terminal chat client for tcpchat-server: line editing and "
                     "history, and a delivery state for every message you send.",
-        epilog="Type /help once connected for the commands. With stdin not a terminal, "
-               "each input line is sent as typed; at its end the client waits for the "
-               "outcome of every message (see --wait) and exits 0 only if all were "
-               "delivered, 1 if not, 3 if the server could not be reached or went away.",
+        epilog="Keys: Enter sends, Up and Down recall earlier lines, Ctrl-C, Ctrl-D on an "
+               "empty line, /quit or :quit: leave. Type /help once connected for the "
+               "commands. With stdin not a terminal, each input line is sent as typed, and "
+               "at its end the client waits up to --wait seconds for the outcome of every "
+               "message. Exit status: 0 done (with piped input: every message delivered); "
+               "1 piped input with a message not delivered or a request refused; 2 bad "
+               "options; 3 cannot connect, or the server went away.",
     )
     parser.add_argument("--host", "--ip", default=DEFAULT_HOST, metavar="HOST",
                         help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
                         help="server port (default: %(default)s)")
     parser.add_argument("--nick", help="register with this nick at once "
                                        "(otherwise the client asks for one)")
@@ -806,7 +827,7 @@ def make_parser():
                         help="ask NICK for a private pair after registering")
     parser.add_argument("--no-color", action="store_true",
                         help="no colours (also when NO_COLOR is set or stdout is not a terminal)")
-    parser.add_argument("--wait", type=float, default=DEFAULT_WAIT, metavar="SECONDS",
+    parser.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
                         help="with piped input: how long to wait at its end for messages "
                              "to be delivered (default: %(default)s)")
     parser.add_argument("--version", action="version",

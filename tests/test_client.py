@@ -168,6 +168,21 @@ def test_parser_defaults_and_aliases():
         "::1", 7, "a", "b", True, 1.5)
 
 
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--port", "65536"], ["--port", "x"],
+                                  ["--wait", "-1"], ["--wait", "nan"]])
+def test_parser_refuses_bad_values(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        make_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert "invalid" in capsys.readouterr().err
+
+
+def test_addresses_are_shown_as_people_write_them():
+    from tcpchat.client import _address
+    assert _address("127.0.0.1", 6078) == "127.0.0.1:6078"
+    assert _address("::1", 6078) == "[::1]:6078"
+
+
 # --------------------------------------------------------------------------
 # The real program
 # --------------------------------------------------------------------------
