@@ -34,6 +34,7 @@ import time
 
 from . import __version__
 from .framing import FRAMED_MARKER, FrameDecoder, encode_frame
+from .protocol import COMMANDS
 from .render import (
     Style,
     chat_line,
@@ -138,6 +139,8 @@ class Session:
         # Messages without an outcome yet, in the order typed; settled ones
         # leave, so a long session does not keep every line it ever sent.
         self._open = []
+        # Nicks we have heard of (lower case -> as written), for Tab.
+        self.nicks = {}
 
     # -- what the user typed --
 
@@ -205,12 +208,48 @@ class Session:
         self._waiting.append(_Expect(escape(line), out))
         return [line]
 
+    # Commands after which the next word is a nick.
+    _NICK_ARGUMENT = ("/msg", "/w", "/pair")
+
+    def completions(self, before, word):
+        """Candidates for Tab: the word being typed, after ``before``."""
+        if not before.strip():
+            if word.startswith("/") or word.startswith(":"):
+                pool = [c for c in COMMANDS if c != "/ack"]
+            else:
+                pool = self._other_nicks()
+        else:
+            words = before.split()
+            if words[0].lower() in self._NICK_ARGUMENT and len(words) > 1:
+                return []  # past the nick: that is message text
+            pool = self._other_nicks()
+        low = word.lower()
+        return sorted(c for c in pool if c.lower().startswith(low))
+
+    def _other_nicks(self):
+        me = (self.nick or "").lower()
+        return [n for key, n in self.nicks.items() if key != me]
+
+    def _heard_of(self, nick):
+        if nick and nick != "*":
+            self.nicks[nick.lower()] = nick
+
     # -- what the server said --
 
     def server_message(self, text, when):
         """One message from the server. Returns ``(show, send)``."""
         msg = parse_server_message(text)
-        name = self._HANDLERS.get(msg.keyword)
+        k = msg.keyword
+        if k in ("JOINED", "USER", "PAIR-REQUEST", "PAIRED"):
+            self._heard_of(msg.fields[0])
+        elif k == "MSG":
+            self._heard_of(msg.fields[1])
+        elif k == "LEFT" and msg.fields:
+            self.nicks.pop(msg.fields[0].lower(), None)
+        elif k == "RENAMED":
+            self.nicks.pop(msg.fields[0].lower(), None)
+            self._heard_of(msg.fields[1])
+        name = self._HANDLERS.get(k)
         if name is not None:
             return getattr(self, name)(msg, when)
         return self._sentence(msg, when), []
@@ -688,6 +727,8 @@ class Client:
                 self.show([notice_line(self.now(), "Choose a nick: 1-32 letters, digits, "
                                        "_ - or ., starting with a letter.",
                                        self.session.style)])
+            if hasattr(self.term, "set_completion"):
+                self.term.set_completion(self.session.completions)
             self.prompt = self.session.prompt()
             self.term.start(self.prompt)
             self._update_stdin()

@@ -348,6 +348,30 @@ class ReadlineTerminal:
         lib.rl_redisplay()
         self._fflush(None)
 
+    def set_completion(self, complete):
+        """Tab completes the word before the cursor.
+
+        ``complete(before, word)`` gets the line up to that word and the
+        word so far, and returns the candidates. Only spaces separate
+        words: nicks contain ``- .`` and commands start with ``/``, which
+        readline's default separators would split off.
+        """
+        rl = self._readline
+        matches = []
+
+        def completer(word, state):
+            # readline asks for candidate 0, 1, 2... until it gets None.
+            if state == 0:
+                line = rl.get_line_buffer()
+                # The space is ours to add: Python's readline module turns
+                # off readline's own appending after a unique match.
+                matches[:] = [c + " " for c in complete(line[:rl.get_begidx()], word)]
+            return matches[state] if state < len(matches) else None
+
+        rl.set_completer(completer)
+        rl.set_completer_delims(" \t")
+        rl.parse_and_bind("tab: complete")
+
     def suspend(self):
         """Ctrl-Z: hand the terminal back in the state we found it, stop
         like any job, and when continued take it again and redraw.

@@ -25,6 +25,7 @@ import pytest
 from serverproc import REPO, TIMEOUT, ServerProcess
 
 from tcpchat.client import Session, make_parser
+from tcpchat.protocol import COMMANDS
 from tcpchat.render import Style
 
 WHEN = time.struct_time((2026, 11, 21, 9, 5, 7, 5, 325, 0))
@@ -156,6 +157,22 @@ def test_quit_words_mark_the_session_as_leaving():
         assert s.leaving
         show, _ = s.server_message("BYE goodbye", WHEN)
         assert s.bye and s.settled()
+
+
+def test_tab_completes_commands_and_the_nicks_we_have_heard_of():
+    s = session()
+    for wire in ("JOINED bob", "USER bobby free", "MSG 3 carol alice hi",
+                 "JOINED dave", "LEFT dave quit", "JOINED eve", "RENAMED eve eva"):
+        s.server_message(wire, WHEN)
+    assert s.completions("", "/p") == ["/pair", "/ping"]
+    assert s.completions("", "/") == [c for c in sorted(COMMANDS) if c != "/ack"
+                                      and c.startswith("/")]
+    assert s.completions("", ":q") == [":quit:"]
+    assert s.completions("/msg ", "b") == ["bob", "bobby"]
+    assert s.completions("/PAIR ", "C") == ["carol"]
+    assert s.completions("/msg bob ", "b") == []  # message text, not a nick
+    assert s.completions("", "") == ["bob", "bobby", "carol", "eva"]  # not alice
+    assert s.completions("hi ", "d") == []  # dave left
 
 
 def test_parser_defaults_and_aliases():
@@ -478,6 +495,22 @@ def test_half_typed_line_and_cursor_survive_an_incoming_message(server, run_clie
     alice.expect("[pair] you \u2192 bob: hello world  (#%s sent)" % msg_id)
     alice.expect('#%s "hello world" delivered to bob' % msg_id)
     alice.type("/quit\r")
+    assert alice.wait() == 0
+
+
+def test_tab_completes_a_nick_in_the_terminal(server, run_client):
+    bob = server.connect(nick="bob")
+    alice = run_client("--nick", "alice", "--no-color")
+    alice.expect("alice> ")
+    alice.type("/who\r")
+    alice.expect("2 users online.")
+    alice.type("/m\t")
+    alice.expect_cursor("alice> /msg", "alice> /msg ")
+    alice.type("b\t")
+    alice.expect_cursor("alice> /msg bob", "alice> /msg bob ")
+    alice.type("completed\r")
+    assert bob.expect("MSG ").endswith(" alice bob completed")
+    alice.type("\x04")
     assert alice.wait() == 0
 
 
