@@ -290,24 +290,24 @@ def delivery_line(when, msg_id, recipient, text, style, reason=None,
     ``SENT ID * COUNT``); fewer than ``total`` is shown as a failure,
     because someone it was meant for never got it.
     """
-    mid = "#%s" % escape(msg_id)
-    what = quote(text)
+    # Without the text (a message this run did not send) the id must do.
+    mid = "#%s %s" % (escape(msg_id), quote(text)) if text else "#%s" % escape(msg_id)
     if reason is not None:
         return notice_line(
             when,
-            "%s %s NOT delivered to %s: %s" % (mid, what, escape(recipient), escape(reason)),
+            "%s NOT delivered to %s: %s" % (mid, escape(recipient), escape(reason)),
             style, "bad")
     if recipient == "*":
         if total is not None and got is not None and got < total:
             return notice_line(
                 when,
-                "%s %s delivered to only %d of %d (the others left first)"
-                % (mid, what, got, total), style, "bad")
+                "%s delivered to only %d of %d (the others left first)"
+                % (mid, got, total), style, "bad")
         count = got if got is not None else total
         return notice_line(
-            when, "%s %s delivered to everyone (%s)" % (mid, what, count), style, "good")
+            when, "%s delivered to everyone (%s)" % (mid, count), style, "good")
     return notice_line(
-        when, "%s %s delivered to %s" % (mid, what, escape(recipient)), style, "good")
+        when, "%s delivered to %s" % (mid, escape(recipient)), style, "good")
 
 
 def rejected_line(when, what, code, reason, style):

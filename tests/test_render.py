@@ -246,6 +246,10 @@ def test_delivery_lines():
     assert "only 2 of 3" in delivery_line(WHEN, "8", "*", "yo", PLAIN, got=2, total=3)
 
 
+def test_delivery_line_without_text_names_the_id():
+    assert delivery_line(WHEN, "9", "bob", "", PLAIN) == "09:05:07 #9 delivered to bob"
+
+
 def test_delivery_line_shortens_long_text():
     line = delivery_line(WHEN, "7", "bob", "x" * 100 + "\x1b", PLAIN)
     assert '"' + "x" * 37 + '..."' in line
