@@ -141,6 +141,8 @@ class Session:
         self._open = []
         # Nicks we have heard of (lower case -> as written), for Tab.
         self.nicks = {}
+        # Who asked us to pair (lower case): our /pair to them completes it.
+        self.asked_by = set()
 
     # -- what the user typed --
 
@@ -246,6 +248,7 @@ class Session:
             self._heard_of(msg.fields[1])
         elif k == "LEFT" and msg.fields:
             self.nicks.pop(msg.fields[0].lower(), None)
+            self.asked_by.discard(msg.fields[0].lower())
         elif k == "RENAMED":
             self.nicks.pop(msg.fields[0].lower(), None)
             self._heard_of(msg.fields[1])
@@ -365,6 +368,8 @@ class Session:
                     send = self._command("/pair " + self.pair_target, setup=True)
         elif cmd == "pair":
             self.pair_requested = msg.text
+            if msg.text.lower() in self.asked_by:
+                return [], send  # PAIRED follows at once; "waiting" would mislead
         elif cmd == "unpair":
             self.partner = None
             self.pair_requested = None
@@ -379,9 +384,14 @@ class Session:
         self.bye = True
         return self._sentence(msg, when), []
 
+    def _on_pair_request(self, msg, when):
+        self.asked_by.add(msg.fields[0].lower())
+        return self._sentence(msg, when), []
+
     def _on_paired(self, msg, when):
         self.partner = msg.fields[0]
         self.pair_requested = None
+        self.asked_by.discard(self.partner.lower())
         return self._sentence(msg, when), []
 
     def _on_unpaired(self, msg, when):
@@ -407,6 +417,7 @@ class Session:
         "OK": "_on_ok",
         "PONG": "_on_pong",
         "BYE": "_on_bye",
+        "PAIR-REQUEST": "_on_pair_request",
         "PAIRED": "_on_paired",
         "UNPAIRED": "_on_unpaired",
         "RENAMED": "_on_renamed",

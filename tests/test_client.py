@@ -61,6 +61,18 @@ def test_session_registers_then_pairs():
     assert Session(Style(unicode=False)).prompt() == "nick> "
 
 
+def test_accepting_a_pair_request_does_not_claim_to_wait():
+    s = session()
+    s.server_message("PAIR-REQUEST bob", WHEN)
+    s.user_line("/pair bob", WHEN)
+    assert s.server_message("OK pair bob", WHEN) == ([], [])
+    show, _ = s.server_message("PAIRED bob", WHEN)
+    assert show == ["09:05:07 You are paired with bob: plain text now goes to bob only."]
+    s.user_line("/pair carol", WHEN)
+    show, _ = s.server_message("OK pair carol", WHEN)
+    assert "Pair request sent to carol" in show[0]
+
+
 def test_bare_word_before_registering_is_the_nick():
     s = Session(Style(), interactive=True)
     assert s.user_line("alice", WHEN) == ([], ["/nick alice"])
