@@ -33,6 +33,7 @@ setup(
     long_description=read_readme(),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
     python_requires=">=3.9",
     packages=find_packages(include=["tcpchat", "tcpchat.*"]),
     install_requires=[],

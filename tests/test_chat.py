@@ -1,0 +1,610 @@
+"""The chat core, driven by feeding bytes: no socket, no clock, no sleep.
+
+``Net`` plays the I/O shell: it delivers what each session queued to that
+client's inbox (as if the socket took everything), except for clients told
+to stall, whose bytes stay queued, like a peer that stopped reading.
+"""
+
+import logging
+
+import pytest
+
+from tcpchat.chat import Chat, Limits
+from tcpchat.framing import FrameDecoder, LineDecoder, encode_frame
+from tcpchat.protocol import COMMANDS, ERROR_CODES, GREETING, HELP, SERVER_KEYWORDS
+
+
+class Client:
+    def __init__(self, net, session, framed):
+        self.net = net
+        self.s = session
+        self.framed = framed
+        self.decoder = FrameDecoder(1 << 20) if framed else LineDecoder(1 << 20)
+        self.inbox = []
+        self.stalled = False
+        self.closed = False
+
+    def send(self, text):
+        data = encode_frame(text.encode()) if self.framed else text.encode() + b"\n"
+        self.send_raw(data)
+
+    def send_raw(self, data):
+        self.net.chat.receive(self.s, data)
+        self.net.pump()
+
+    def read(self):
+        """Every message that arrived since the last read."""
+        self.net.pump()
+        got, self.inbox = self.inbox, []
+        return got
+
+    def take(self, data):
+        # The greeting is always a line, whatever the framing.
+        if self.s.written == 0 and data.startswith(b"HELLO"):
+            line, _, data = data.partition(b"\n")
+            self.inbox.append(line.decode())
+        for item in self.decoder.feed(data):
+            self.inbox.append(item.decode())
+
+
+class Net:
+    def __init__(self, **limits):
+        self.chat = Chat(Limits(**limits), logging.getLogger("test.chat"))
+        self.clients = {}
+        self.port = 40000
+
+    def connect(self, nick=None, framed=False):
+        self.port += 1
+        s = self.chat.connect("127.0.0.1:%d" % self.port, self.chat.now)
+        c = Client(self, s, framed)
+        self.clients[s] = c
+        self.pump()
+        assert c.read() == [GREETING]
+        if framed:
+            c.send_raw(b"\x00")
+        if nick:
+            c.send("/nick " + nick)
+            assert c.read() == ["OK nick " + nick]
+        return c
+
+    def pump(self):
+        """Write out everything the chat queued, as a fast network would."""
+        chat = self.chat
+        for _ in range(100):
+            pending, chat.flushable = chat.flushable, []
+            for s in pending:
+                c = self.clients.get(s)
+                if c is None or c.stalled or s.gone or not s.out:
+                    continue
+                data = b"".join(bytes(chunk) for chunk in s.out)
+                c.take(data)
+                chat.sent(s, len(data))
+            for s in chat.to_close:
+                self.clients[s].closed = True
+            chat.to_close = []
+            if not chat.flushable:
+                return
+        raise AssertionError("output never settled")
+
+    def unstall(self, c):
+        c.stalled = False
+        self.chat.flushable.append(c.s)
+        self.pump()
+
+    def later(self, seconds):
+        self.chat.expire(self.chat.now + seconds)
+        self.pump()
+
+
+@pytest.fixture
+def net():
+    return Net()
+
+
+def two(net, framed_a=False, framed_b=False):
+    a = net.connect("alice", framed_a)
+    b = net.connect("bob", framed_b)
+    assert a.read() == ["JOINED bob"]
+    return a, b
+
+
+# ------------------------------------------------------------ registration
+
+
+def test_nick_registers_and_others_see_joined(net):
+    a = net.connect("alice")
+    b = net.connect("Bob")
+    assert a.read() == ["JOINED Bob"]
+    assert b.read() == []
+
+
+@pytest.mark.parametrize("name", ["1abc", "a b", "x" * 33, "al!ce", "-x", "ünï", "a\tb"])
+def test_bad_nicks(net, name):
+    c = net.connect()
+    c.send("/nick " + name)
+    assert c.read()[0].startswith("ERR bad-nick ")
+
+
+def test_nick_edges_are_valid(net):
+    c = net.connect()
+    c.send("/nick " + "a" * 32)
+    assert c.read() == ["OK nick " + "a" * 32]
+    d = net.connect()
+    d.send("/nick Z.9_-")
+    assert d.read() == ["OK nick Z.9_-"]
+
+
+def test_nick_is_unique_ignoring_case(net):
+    net.connect("alice")
+    c = net.connect()
+    c.send("/nick ALICE")
+    assert c.read() == ["ERR nick-taken alice is taken"]
+
+
+def test_nick_without_name_is_usage(net):
+    c = net.connect()
+    c.send("/nick")
+    assert c.read()[0].startswith("ERR usage")
+
+
+def test_rename_tells_others_and_frees_the_old_nick(net):
+    a, b = two(net)
+    a.send("/nick carol")
+    assert a.read() == ["OK nick carol"]
+    assert b.read() == ["RENAMED alice carol"]
+    c = net.connect("alice")
+    assert c.s.nick == "alice"
+    a.send("/nick CAROL")  # changing case of your own nick is allowed
+    assert a.read() == ["JOINED alice", "OK nick CAROL"]
+
+
+@pytest.mark.parametrize("text", ["hello", "/msg bob hi", "/all hi", "/pair bob", "/unpair",
+                                  "/who", "/ack 1", "//slash"])
+def test_only_open_commands_before_nick(net, text):
+    net.connect("bob")
+    c = net.connect()
+    c.send(text)
+    assert c.read()[0].startswith("ERR not-registered ")
+
+
+def test_open_commands_before_nick(net):
+    c = net.connect()
+    c.send("/ping")
+    c.send("/help")
+    got = c.read()
+    assert got[0] == "PONG"
+    assert got[1:] == ["OK help " + line for line in HELP]
+    c.send(":quit:")
+    assert c.read() == ["BYE goodbye"]
+    assert c.closed
+
+
+# ------------------------------------------------------------ messages
+
+
+def test_private_message_line_mode_is_delivered_when_written(net):
+    a, b = two(net)
+    a.send("/msg bob hi there  bob")
+    assert b.read() == ["MSG 1 alice bob hi there  bob"]
+    assert a.read() == ["SENT 1 bob 1", "DELIVERED 1 bob"]
+
+
+def test_w_is_msg_and_commands_ignore_case(net):
+    a, b = two(net)
+    a.send("/W bob psst")
+    assert b.read() == ["MSG 1 alice bob psst"]
+
+
+def test_private_message_framed_is_delivered_on_ack_only(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob hi")
+    assert b.read() == ["MSG 1 alice bob hi"]
+    assert a.read() == ["SENT 1 bob 1"]
+    b.send("/ack 1")
+    assert b.read() == []  # a good receipt has no reply
+    assert a.read() == ["DELIVERED 1 bob"]
+    b.send("/ack 1")
+    assert b.read()[0].startswith("ERR no-such-message ")
+    b.send("/ack x")
+    assert b.read()[0].startswith("ERR no-such-message ")
+
+
+def test_msg_errors(net):
+    a, b = two(net)
+    a.send("/msg alice me")
+    a.send("/msg nobody hi")
+    a.send("/msg bob")
+    a.send("/msg bob   ")
+    assert [m.split()[1] for m in a.read()] == ["self", "no-such-user", "usage", "usage"]
+    assert b.read() == []
+
+
+def test_every_chat_message_gets_one_answer_in_order(net):
+    a, b = two(net)
+    a.send_raw(b"/msg bob one\n/msg nobody two\n/all three\n/msg alice four\nfive\n")
+    answers = [m for m in a.read() if m.split()[0] in ("SENT", "ERR")]
+    assert answers == ["SENT 1 bob 1", "ERR no-such-user no user nobody", "SENT 2 * 1",
+                       "ERR self that is you", "SENT 3 * 1"]
+
+
+def test_broadcast_summary_is_one_line(net):
+    a, b = two(net, framed_b=True)
+    c = net.connect("carol")
+    d = net.connect("dave", framed=True)
+    a.read(), b.read(), c.read()
+    a.send("/all hello everyone")
+    assert a.read() == ["SENT 1 * 3"]
+    assert c.read() == ["MSG 1 alice * hello everyone"]
+    b.send("/ack 1")
+    assert a.read() == []  # still waiting for dave
+    d.send("/ack 1")
+    assert a.read() == ["DELIVERED 1 * 3"]
+
+
+def test_broadcast_counts_only_who_got_it(net):
+    a, b = two(net, framed_b=True)
+    c = net.connect("carol")
+    a.read()
+    a.send("hi all")
+    assert a.read() == ["SENT 1 * 2"]
+    b.send("/quit")
+    assert a.read() == ["LEFT bob quit", "DELIVERED 1 * 1"]
+
+
+def test_broadcast_alone_is_no_recipients(net):
+    a = net.connect("alice")
+    a.send("anyone?")
+    a.send("/all anyone?")
+    assert [m.split()[1] for m in a.read()] == ["no-recipients", "no-recipients"]
+
+
+def test_double_slash_is_text(net):
+    a, b = two(net)
+    a.send("//shrug")
+    assert b.read() == ["MSG 1 alice * /shrug"]
+
+
+def test_unknown_command(net):
+    a = net.connect("alice")
+    a.send("/dance now")
+    assert a.read() == ["ERR unknown-command /dance is not a command, try /help"]
+
+
+def test_multiline_framed_message_reaches_line_peer_as_lines_with_one_id(net):
+    a, b = two(net, framed_a=True)
+    a.send("/msg bob first line\nsecond line\n\nlast")
+    assert b.read() == ["MSG 1 alice bob first line", "MSG 1 alice bob second line",
+                        "MSG 1 alice bob ", "MSG 1 alice bob last"]
+    assert a.read() == ["SENT 1 bob 1", "DELIVERED 1 bob"]
+
+
+def test_bad_utf8_is_an_error_and_the_connection_goes_on(net):
+    a, b = two(net)
+    a.send_raw(b"\xff\xfd\x18\n/msg bob caf\xc3\n/msg bob ok\n")
+    got = a.read()
+    assert got[0].startswith("ERR bad-utf8 ") and got[1].startswith("ERR bad-utf8 ")
+    assert got[2:] == ["SENT 1 bob 1", "DELIVERED 1 bob"]
+
+
+def test_bad_utf8_framed(net):
+    a, b = two(net, framed_a=True)
+    a.send_raw(encode_frame(b"\xc3("))
+    assert a.read()[0].startswith("ERR bad-utf8")
+    a.send("/ping")
+    assert a.read() == ["PONG"]
+
+
+def test_message_ids_are_unique_and_increasing(net):
+    a, b = two(net)
+    for _ in range(5):
+        a.send("/msg bob x")
+        b.send("/msg alice y")
+    ids = [int(m.split()[1]) for m in a.read() + b.read() if m.startswith("SENT")]
+    assert sorted(ids) == list(range(1, 11))
+
+
+# ------------------------------------------------------------ pairs
+
+
+def test_pairing_needs_both(net):
+    a, b = two(net)
+    a.send("/pair bob")
+    assert a.read() == ["OK pair bob"]
+    assert b.read() == ["PAIR-REQUEST alice"]
+    b.send("/pair ALICE")
+    assert b.read() == ["OK pair alice", "PAIRED alice"]
+    assert a.read() == ["PAIRED bob"]
+    a.send("just us")
+    assert b.read() == ["MSG 1 alice bob just us"]
+    assert a.read() == ["SENT 1 bob 1", "DELIVERED 1 bob"]
+
+
+def pair(a, b):
+    a.send("/pair " + b.s.nick)
+    b.send("/pair " + a.s.nick)
+    a.read(), b.read()
+
+
+def test_plain_text_while_paired_skips_others(net):
+    a, b = two(net)
+    c = net.connect("carol")
+    pair(a, b)
+    c.read()
+    a.send("secret")
+    assert b.read() == ["MSG 1 alice bob secret"]
+    assert not any(m.startswith("MSG") for m in c.read())
+    a.send("/all public")  # /all still reaches everyone
+    assert c.read() == ["MSG 2 alice * public"]
+
+
+def test_pair_errors(net):
+    a, b = two(net)
+    c = net.connect("carol")
+    a.read()
+    a.send("/pair alice")
+    a.send("/pair nobody")
+    a.send("/pair")
+    a.send("/unpair")
+    assert [m.split()[1] for m in a.read()] == ["self", "no-such-user", "usage", "not-paired"]
+    pair(a, b)
+    c.send("/pair alice")
+    assert c.read()[-1].startswith("ERR busy ")
+    a.send("/pair carol")
+    assert a.read()[-1].startswith("ERR busy ")
+    a.send("/pair bob")
+    assert a.read()[-1].startswith("ERR busy ")
+
+
+def test_unpair_tells_the_partner(net):
+    a, b = two(net)
+    pair(a, b)
+    a.send("/unpair")
+    assert a.read() == ["OK unpair bob"]
+    assert b.read() == ["UNPAIRED alice ended the pair"]
+    a.send("public again")
+    assert b.read() == ["MSG 1 alice * public again"]
+
+
+def test_unpair_withdraws_a_request(net):
+    a, b = two(net)
+    a.send("/pair bob")
+    a.send("/unpair")
+    assert a.read() == ["OK pair bob", "OK unpair bob"]
+    assert b.read() == ["PAIR-REQUEST alice", "UNPAIRED alice request withdrawn"]
+    b.send("/pair alice")  # the request is gone: this is a new one
+    assert b.read() == ["OK pair alice"]
+    assert a.read() == ["PAIR-REQUEST bob"]
+
+
+def test_partner_leaving_unpairs(net):
+    a, b = two(net)
+    pair(a, b)
+    b.send("/quit gotta go")
+    assert b.read() == ["BYE goodbye"]
+    assert a.read() == ["UNPAIRED bob quit: gotta go", "LEFT bob quit: gotta go"]
+    assert a.s.partner is None
+
+
+def test_partner_lost_unpairs(net):
+    a, b = two(net)
+    pair(a, b)
+    net.chat.disconnect(b.s, "connection lost: Connection reset by peer")
+    net.pump()
+    assert a.read() == ["UNPAIRED bob connection lost: Connection reset by peer",
+                        "LEFT bob connection lost: Connection reset by peer"]
+
+
+def test_who(net):
+    a, b = two(net, framed_b=True)
+    c = net.connect("carol")
+    pair(a, c)
+    b.send("/who")
+    assert b.read()[-4:] == ["USER alice paired", "USER bob free", "USER carol paired",
+                             "OK who 3"]
+    a.send("/who")
+    assert a.read()[-1] == "OK who 3"
+
+
+def test_ping_token(net):
+    a = net.connect("alice")
+    a.send("/ping abc")
+    a.send("/ping")
+    assert a.read() == ["PONG abc", "PONG"]
+
+
+# ------------------------------------------------------------ receipts
+
+
+def test_unacked_cap_fails_the_oldest(net):
+    n = Net(max_unacked=2)
+    a = n.connect("alice")
+    b = n.connect("bob", framed=True)
+    a.read()
+    for i in range(3):
+        a.send("/msg bob m%d" % i)
+    assert a.read() == ["SENT 1 bob 1", "SENT 2 bob 1", "SENT 3 bob 1",
+                        "FAILED 1 bob no receipt"]
+    b.send("/ack 2")
+    b.send("/ack 3")
+    assert a.read() == ["DELIVERED 2 bob", "DELIVERED 3 bob"]
+
+
+def test_framed_recipient_leaving_fails_unacked(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob one")
+    a.send("/msg bob two")
+    b.send("/ack 1")
+    b.send("/quit")
+    got = a.read()
+    assert "DELIVERED 1 bob" in got and "FAILED 2 bob quit" in got
+
+
+def test_sender_gone_is_fine(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob one")
+    a.send("/quit")
+    b.send("/ack 1")
+    assert b.read()[-1] == "LEFT alice quit"
+
+
+# ------------------------------------------------------------ limits
+
+
+def test_slow_consumer_is_dropped_and_senders_hear_failed():
+    n = Net(max_queue=2000)
+    a = n.connect("alice")
+    b = n.connect("bob")
+    c = n.connect("carol")
+    a.read(), b.read()
+    c.stalled = True
+    sent = 0
+    while not c.closed and sent < 100:
+        a.send("/msg carol " + "x" * 100)
+        sent += 1
+    assert c.closed and c.s.closing == "slow consumer"
+    got = a.read()
+    failed = [m for m in got if m.startswith("FAILED")]
+    assert len(failed) == sent  # nothing was written to carol: all fail
+    assert failed[0].endswith("carol slow consumer")
+    assert "LEFT carol slow consumer" in got
+    # Everyone else goes on.
+    a.send("/msg bob still here")
+    assert b.read()[-1] == "MSG %d alice bob still here" % (sent + 1)
+
+
+def test_slow_consumer_keeps_what_was_written():
+    n = Net(max_queue=600)
+    a = n.connect("alice")
+    c = n.connect("carol")
+    a.read()
+    a.send("/msg carol early")
+    assert a.read()[-1] == "DELIVERED 1 carol"
+    c.stalled = True
+    for _ in range(10):
+        a.send("/msg carol " + "y" * 100)
+    assert c.closed
+    assert not any(m.startswith("FAILED 1 ") for m in a.read())
+
+
+def test_broadcast_survives_a_slow_consumer_among_recipients():
+    n = Net(max_queue=1000)
+    a = n.connect("alice")
+    others = [n.connect("u%d" % i) for i in range(5)]
+    a.read()
+    for o in others:
+        o.read()
+    others[2].stalled = True
+    for i in range(12):
+        a.send("/all " + "z" * 100)
+    assert others[2].closed
+    summaries = [m for m in a.read() if m.startswith("DELIVERED")]
+    assert len(summaries) == 12
+    assert summaries[-1].endswith("* 4")  # one of five recipients dropped
+
+
+def test_line_too_long_is_an_error_and_the_connection_stays():
+    n = Net(max_line=20)
+    a = n.connect("alice")
+    b = n.connect("bob")
+    a.read()
+    a.send_raw(b"/msg bob " + b"x" * 100 + b"\n/msg bob short\n")
+    got = a.read()
+    assert got[0].startswith("ERR too-long ")
+    assert got[1:] == ["SENT 1 bob 1", "DELIVERED 1 bob"]
+
+
+def test_frame_too_long_closes_after_the_reply():
+    n = Net(max_frame=16)
+    a = n.connect("alice", framed=True)
+    a.send_raw(b"\x00\x00\x00\x11hello world, too long" + encode_frame(b"/ping"))
+    assert a.read()[0].startswith("ERR too-long ")
+    assert a.closed
+
+
+def test_empty_frame_is_bad_frame(net):
+    a = net.connect("alice", framed=True)
+    a.send_raw(b"\x00\x00\x00\x00")
+    a.send("/ping")
+    got = a.read()
+    assert got[0].startswith("ERR bad-frame ") and got[1] == "PONG"
+
+
+def test_server_full():
+    n = Net(max_clients=2)
+    n.connect("a")
+    n.connect("b")
+    s = n.chat.connect("127.0.0.1:1", 0.0)
+    c = Client(n, s, False)
+    n.clients[s] = c
+    n.pump()
+    assert c.inbox[0].startswith("ERR server-full ")
+    assert c.closed
+    assert len(n.chat.sessions) == 2
+
+
+def test_register_timeout():
+    n = Net(register_timeout=60)
+    early = n.connect()
+    n.later(30)
+    late = n.connect()
+    registered = n.connect("alice")
+    n.later(31)
+    assert early.closed and early.read()[0].startswith("ERR timeout ")
+    assert not late.closed and not registered.closed
+    n.later(30)
+    assert late.closed and not registered.closed
+
+
+def test_closing_peer_that_never_reads_is_cut_off_after_drain_time():
+    n = Net(drain_time=2)
+    a = n.connect("alice")
+    a.stalled = True
+    a.send("/quit")
+    assert not a.closed
+    n.later(1)
+    assert not a.closed
+    n.later(1.5)
+    assert a.closed
+
+
+def test_presence_limit():
+    n = Net(presence_limit=3)
+    users = [n.connect("u%d" % i) for i in range(3)]
+    assert users[0].read() == ["JOINED u1", "JOINED u2"]
+    n.connect("u3")  # four registered: over the limit, nobody is told
+    assert users[0].read() == []
+    users[1].send("/pair u0")
+    users[0].read()
+    users[1].send("/quit")
+    # u0 has a request from u1, so it hears; u2 does not.
+    assert users[0].read() == ["LEFT u1 quit"]
+    assert users[2].read() == []
+
+
+def test_shutdown_says_bye_to_everyone(net):
+    a, b = two(net)
+    c = net.connect()
+    net.chat.shutdown(net.chat.now)
+    net.pump()
+    for x in (a, b, c):
+        assert x.read()[-1] == "BYE server shutting down" and x.closed
+    assert not net.chat.sessions
+
+
+def test_garbage_input_never_raises(net):
+    import random
+
+    rnd = random.Random(7)
+    a, b = two(net)
+    g = net.connect("garbage")
+    for _ in range(300):
+        g.send_raw(bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 40))))
+    a.send("/msg bob still fine")
+    assert "MSG" in b.read()[-1]
+
+
+def test_vocabulary_is_consistent():
+    assert len(set(ERROR_CODES)) == len(ERROR_CODES)
+    assert all(code == code.lower() for code in ERROR_CODES)
+    assert all(k == k.upper() for k in SERVER_KEYWORDS)
+    assert set(COMMANDS) - {":quit:"} == set(Chat()._commands)
