@@ -85,7 +85,8 @@ def test_spec_installs_every_man_page_and_both_commands():
 
 def test_sdist_carries_what_the_rpm_build_needs():
     manifest = read(ROOT / "MANIFEST.in").split("\n")
-    for line in ("graft tests", "graft packaging", "include man/*.1 man/*.7"):
+    for line in ("recursive-include tests *.py", "recursive-include packaging *",
+                 "recursive-include man *.1 *.7"):
         assert line in manifest
 
 
