@@ -401,3 +401,75 @@ def test_pip_install_puts_the_pages_where_man_finds_them(tmp_path):
     shown = _run(["man", "tcpchat"], env=dict(via_path, MANPAGER="cat", PAGER="cat",
                                               MANWIDTH="80"))
     assert "WRITING A CLIENT" in shown
+
+
+# -- the worked examples in tcpchat(7) are what the server really says ------
+
+def example_blocks(page, section):
+    blocks, current = [], None
+    for line in sections(page)[section]:
+        if line.startswith(".EX"):
+            current = []
+        elif line.startswith(".EE"):
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_the_worked_nc_session_is_what_the_server_says():
+    import_or_skip("tcpchat.server")
+    from serverproc import ServerProcess
+
+    session = example_blocks("tcpchat.7", "EXAMPLES")[0]
+    assert session[0].startswith("$ nc ")
+    with ServerProcess() as srv:
+        # "Bob is already connected": he speaks when the page shows him.
+        bob = srv.connect(nick="bob")
+        alice = srv.connect()
+        assert alice.greeting == session[1]
+        nick = None
+        for line in session[2:]:
+            if line.startswith("> "):
+                typed = line[2:]
+                if typed.startswith("/nick "):
+                    nick = typed.split()[1]
+                alice.send(typed)
+                continue
+            words = line.split(" ", 4)
+            if words[0] == "MSG" and words[2] == "bob":
+                bob.send(words[4])
+            elif line == "PAIR-REQUEST bob":
+                bob.send("/pair " + nick)
+            got = alice.next_message()
+            assert got == line, "the page says %r, the server said %r" % (line, got)
+        assert session[-1].startswith("BYE")
+        assert alice.expect_closed() == []
+        srv.stop()
+
+
+def test_the_framed_example_bytes_register():
+    import_or_skip("tcpchat.server")
+    import socket
+    import time
+    from serverproc import ServerProcess
+
+    block = " ".join(example_blocks("tcpchat.7", "EXAMPLES")[1])
+    literal = re.search(r"printf '([^']*)'", block).group(1)
+    data = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), literal).encode("latin-1")
+    greeting = example_blocks("tcpchat.7", "EXAMPLES")[0][1]
+    # The page: the greeting line, then a frame holding "OK nick alice".
+    wanted = greeting.encode() + b"\n\x00\x00\x00\x0dOK nick alice"
+    with ServerProcess() as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=10) as sock:
+            sock.sendall(data)
+            got = b""
+            deadline = time.monotonic() + 10
+            while len(got) < len(wanted) and time.monotonic() < deadline:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        assert got == wanted
+        srv.stop()
