@@ -107,9 +107,10 @@ class Message:
         data = self._line
         if data is None:
             head = "MSG %d %s %s " % (self.id, self.sender.nick, self.to)
-            data = self._line = "".join(
-                [head + part + "\n" for part in self.text.split("\n")]
-            ).encode()
+            text = self.text
+            if "\n" in text:  # only a framed sender can send one
+                text = ("\n" + head).join(text.split("\n"))
+            data = self._line = (head + text + "\n").encode()
         return data
 
     def frame(self):

@@ -66,6 +66,7 @@ class Server:
         self._writing = set()  # sessions registered for write interest
         self._accept_paused_until = None
         self._stop_signal = None
+        self._signals_installed = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
@@ -99,6 +100,7 @@ class Server:
         the wakeup socket, and the loop starts an orderly shutdown.
         """
         signal.set_wakeup_fd(self._wakeup_w.fileno())
+        self._signals_installed = True
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, _ignore_signal)
 
@@ -132,10 +134,13 @@ class Server:
                 elif s == "wakeup":
                     self._drain_wakeup()
                 elif not s.gone:  # an earlier handler may have ended it
-                    if mask & READ:
-                        read(s)
-                    if mask & WRITE and not s.gone and s.out:
-                        write(s)
+                    try:
+                        if mask & READ:
+                            read(s)
+                        if mask & WRITE and not s.gone and s.out:
+                            write(s)
+                    except Exception:
+                        self._internal_error(s)
             self._flush()
             if now >= next_tick:
                 next_tick = now + TICK
@@ -165,6 +170,13 @@ class Server:
                     break
         self.close()
 
+    def stop(self):
+        """Shut down as on SIGTERM; safe to call from another thread."""
+        try:
+            self._wakeup_w.send(bytes([signal.SIGTERM]))
+        except OSError:
+            pass
+
     def _stop_listening(self):
         if self._accept_paused_until is None:
             self.selector.unregister(self.listener)
@@ -176,7 +188,8 @@ class Server:
                 self._close(key.data)
         self.selector.close()
         self.listener.close()
-        signal.set_wakeup_fd(-1)
+        if self._signals_installed:
+            signal.set_wakeup_fd(-1)
         self._wakeup_r.close()
         self._wakeup_w.close()
 
@@ -217,14 +230,18 @@ class Server:
             self.chat.disconnect(s, "connection lost: %s" % (e.strerror or e))
             return
         if data:
-            try:
-                self.chat.receive(s, data)
-            except Exception:
-                # A bug met by one client's input costs that client only.
-                log.exception("internal error on input from %s; closing it", s.peer)
-                self.chat.disconnect(s, "internal error")
+            self.chat.receive(s, data)
         else:
             self.chat.disconnect(s, "connection closed")
+
+    def _internal_error(self, s):
+        """A bug met while serving ``s`` costs ``s`` only, never the loop."""
+        log.exception("internal error serving %s (%s); closing it", s.nick or "-", s.peer)
+        try:
+            self.chat.disconnect(s, "internal error")
+        except Exception:
+            log.exception("and again while closing %s", s.peer)
+        self._close(s)
 
     def _write(self, s):
         sock = s.handle
@@ -266,7 +283,10 @@ class Server:
                 chat.flushable = []
                 for s in pending:
                     if not s.gone and s.out and s not in self._writing:
-                        write(s)
+                        try:
+                            write(s)
+                        except Exception:
+                            self._internal_error(s)
             if chat.to_close:
                 ending, chat.to_close = chat.to_close, []
                 for s in ending:
@@ -286,7 +306,10 @@ class Server:
             pass
         sock.close()
         if not s.gone:
-            self.chat.disconnect(s, "server stopped")
+            try:
+                self.chat.disconnect(s, "server stopped")
+            except Exception:
+                log.exception("internal error closing %s", s.peer)
         self.chat.log.info("%s (%s) closed: %s", s.nick or "-", s.peer, s.closing)
 
 
@@ -311,7 +334,7 @@ def raise_open_files_limit(max_clients):
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
             soft = new
         except (ValueError, OSError) as e:
-            log.warning("cannot raise the open files limit: %s", e)
+            log.warning("cannot raise the open files limit from %d: %s", soft, e)
         if soft < want:
             log.warning(
                 "open files limit is %d (hard %d): about %d clients can connect, "

@@ -26,9 +26,10 @@ class ServerProcess:
     Its stderr is collected by a thread; ``wait_log(text)`` waits for a line.
     """
 
-    def __init__(self, *extra, host=HOST):
+    def __init__(self, *extra, host=HOST, nofile=None):
         self.extra = list(extra)
         self.host = host
+        self.nofile = nofile  # a soft open-files limit to start it under
         self.port = None
         self.proc = None
         self._lines = []
@@ -43,7 +44,7 @@ class ServerProcess:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=env, cwd=REPO,
+            stderr=subprocess.PIPE, env=env, cwd=REPO, preexec_fn=self._limit,
         )
         self._collector = threading.Thread(target=self._collect, daemon=True)
         self._collector.start()
@@ -51,6 +52,13 @@ class ServerProcess:
         address = line.split("listening on ", 1)[1].strip()
         self.port = int(address.rsplit(":", 1)[1])
         return self
+
+    def _limit(self):
+        if self.nofile is not None:
+            import resource
+
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def _collect(self):
         for raw in self.proc.stderr:

@@ -401,3 +401,20 @@ def test_with_nc(srv):
     assert "SENT 1 bob 1" in lines and "DELIVERED 1 bob" in lines
     assert "MSG 2 bob carl hi back" in lines
     assert lines[-1] == "BYE goodbye"
+
+
+def test_open_files_limit_is_raised_or_the_shortfall_said():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # More clients than any hard limit here allows: the server must say so.
+    with ServerProcess("--max-clients", "5000000") as srv:
+        line = srv.wait_log("open files limit")
+        assert "WARNING" in line
+        c = srv.connect(nick="still")  # and it serves anyway
+        c.send("/ping")
+        c.expect("PONG")
+    if hard == resource.RLIM_INFINITY or hard >= 2064:
+        with ServerProcess("--max-clients", "2000", nofile=256) as srv:
+            line = srv.wait_log("open files limit")
+            assert "open files limit raised to 2064" in line
