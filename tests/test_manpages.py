@@ -11,11 +11,13 @@ line after ``.TP`` or ``.TQ``: the term a definition list defines. Commands,
 keywords, error codes and options are each documented as such tags.
 """
 
+import importlib
 import os
 import re
 import shutil
+import socket
 import subprocess
-import sys
+import time
 import venv
 from pathlib import Path
 
@@ -132,8 +134,6 @@ def import_or_skip(name):
 
     Only the module's own absence skips: an import error inside it fails.
     """
-    import importlib
-
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
@@ -225,6 +225,18 @@ def test_every_command_is_documented_and_every_documented_command_exists():
     assert not missing, "commands the page does not document: %s" % sorted(missing)
     invented = documented - known
     assert not invented, "documented commands the server does not know: %s" % sorted(invented)
+
+
+def test_the_commands_allowed_before_registration_are_the_servers():
+    protocol = import_or_skip("tcpchat.protocol")
+    open_commands = getattr(protocol, "OPEN_COMMANDS", None)
+    if open_commands is None:
+        pytest.skip("tcpchat.protocol has no OPEN_COMMANDS")
+    text = plain_text(sections("tcpchat.7")["MESSAGES FROM THE CLIENT"])
+    # "Until a /nick succeeds, the server accepts only /nick, /help, ...;"
+    listed = re.search(r"accepts only ([^;]*);", text).group(1)
+    documented = set(re.findall(r"(/[a-z]+|:quit:)", listed))
+    assert documented == set(open_commands)
 
 
 def test_every_server_keyword_is_documented_and_exists():
@@ -451,8 +463,6 @@ def test_the_worked_nc_session_is_what_the_server_says():
 
 def test_the_framed_example_bytes_register():
     import_or_skip("tcpchat.server")
-    import socket
-    import time
     from serverproc import ServerProcess
 
     block = " ".join(example_blocks("tcpchat.7", "EXAMPLES")[1])
