@@ -21,9 +21,14 @@ readline) ``PlainTerminal`` reads whole lines as the tty's cooked mode
 delivers them; messages still print, and the prompt is shown again after
 them, but the kernel's echo of a half-typed line is not redrawn.
 
+Signals stay with the caller: readline's own handlers are switched off, so
+the client's loop hears Ctrl-C, window resizes and Ctrl-Z in one place and
+calls ``resize()`` or ``suspend()`` here, which only readline can do right.
+
 Three implementations share one small interface:
 ``start(prompt)``, ``fileno()``, ``read()`` -> list of lines (``None``
 marks end of input), ``set_prompt(prompt)``, ``show(text)``, ``stop()``.
+ReadlineTerminal adds ``set_completion``, ``resize`` and ``suspend``.
 """
 
 import ctypes
