@@ -776,3 +776,21 @@ def test_ctrl_z_gives_the_terminal_back_and_fg_resumes(server, run_client, tmp_p
     assert bob.expect("MSG ").endswith(" alice * halfway")
     alice.type("\x04")
     assert alice.wait() == 0
+
+
+def test_piped_quit_line_ends_the_input_but_outcomes_are_awaited(server, tmp_path):
+    bob = server.connect(nick="bob")
+    p = run_piped(server.port, "/msg bob one\n/quit\n/msg bob two\n", "--nick", "ci",
+                  tmp_path=tmp_path)
+    assert p.returncode == 0, p.stdout.decode()
+    assert '"one" delivered to bob' in p.stdout.decode()
+    assert bob.expect("MSG ").endswith(" ci bob one")
+    assert not [m for m in bob.quiet(0.3) if m.startswith("MSG")]
+
+
+def test_piped_empty_input_leaves_at_once(server, tmp_path):
+    started = time.monotonic()
+    p = run_piped(server.port, "", "--nick", "ci", tmp_path=tmp_path)
+    assert p.returncode == 0
+    assert "You are ci." in p.stdout.decode()
+    assert time.monotonic() - started < TIMEOUT
