@@ -452,8 +452,22 @@ class PtyClient:
 
 @pytest.fixture
 def server():
+    """The real server; the peers a test connects are closed after it."""
+    peers = []
     with ServerProcess() as srv:
-        yield srv
+        connect = srv.connect
+
+        def tracked(*args, **kwargs):
+            peer = connect(*args, **kwargs)
+            peers.append(peer)
+            return peer
+
+        srv.connect = tracked
+        try:
+            yield srv
+        finally:
+            for peer in peers:
+                peer.close()
 
 
 @pytest.fixture
@@ -735,8 +749,9 @@ def test_without_readline_plain_lines_still_work(server, run_client):
 
 def test_full_server_refuses_with_one_line(tmp_path):
     with ServerProcess("--max-clients", "1") as srv:
-        first = srv.connect(nick="first")  # noqa: F841 (holds the only place)
+        first = srv.connect(nick="first")  # holds the only place
         p = run_piped(srv.port, "", "--nick", "ci", tmp_path=tmp_path)
+        first.close()
     assert p.returncode == 3
     err = p.stderr.decode()
     assert err.startswith("cannot connect to 127.0.0.1:%d: the server refused: server-full"
