@@ -42,10 +42,10 @@ PLANS = {
     },
 }
 
-# One load process holds at most this many connections; more are spread
-# over several processes (epoll has no fd ceiling, but one Python process
-# registering thousands of clients is slower than the server it measures).
+# Connection storm: clients per load process. epoll has no fd ceiling, but
+# one Python process registering 10,000 clients is slower than the server.
 CONNECTIONS_PER_LOAD = 2500
+# Fan-out: recipients per load process (at most 4 processes).
 FANOUT_RECIPIENTS_PER_LOAD = 500
 # Clients per load process in the latency run: a send or recv on loopback
 # costs the sender ~10-20 us of kernel time here, so 1,000 clients x 10 msg/s
