@@ -7,6 +7,7 @@ load generator processes. Progress goes to stderr, the table to stdout.
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -45,14 +46,18 @@ def main(argv=None):
     if unknown:
         make_parser().error("unknown: %s" % ", ".join(unknown))
     plan = PLANS[args.plan]
+    # Other work on the machine moves the figures: say how busy it was.
+    load_before = os.getloadavg()[0]
     started = time.monotonic()
     runner = Runner(plan, targets, profile_dir=args.profile,
                     progress=lambda text: print("bench: " + text, file=sys.stderr, flush=True))
     results = runner.run_everything(scenarios)
     m = report.machine()
-    header = "tcpchat benchmarks (%s run, %.0f s): %s, %d cores (%s), Python %s, Linux %s" % (
-        args.plan, time.monotonic() - started, m["date"], m["cores"], m["cpu"], m["python"],
-        m["kernel"])
+    m["load"] = "%.2f before, %.2f after" % (load_before, os.getloadavg()[0])
+    header = ("tcpchat benchmarks (%s run, %.0f s): %s, %d cores (%s), Python %s, Linux %s,"
+              " load average %s" % (
+                  args.plan, time.monotonic() - started, m["date"], m["cores"], m["cpu"],
+                  m["python"], m["kernel"], m["load"]))
     table = report.table(results, targets)
     goals = report.targets_met(results, plan)
     print(header + "\n\n" + table + "\n\nTargets\n" + report.targets_text(goals))
@@ -79,6 +84,7 @@ def markdown(m, args, table, goals):
         "- Date: %s" % m["date"],
         "- Machine: %d cores (%s), Linux %s" % (m["cores"], m["cpu"], m["kernel"]),
         "- Python: %s" % m["python"],
+        "- Load average (1 min) around the run: %s" % m["load"],
         "",
         "## Targets",
         "",
