@@ -267,7 +267,10 @@ class LoadGen:
                     "seconds": now - snap[2],
                     "lg_cpu": (time.process_time() - cpu0) / (now - t0),
                 }
-            if not sending and not any(c.inflight > 0 for c in pairs):
+            # Done when every message is confirmed and, since a baseline may
+            # confirm before its MSG has been read, every MSG is in too.
+            if (not sending and self.msgs >= self.confirms - self.errors
+                    and not any(c.inflight > 0 for c in pairs)):
                 break
         result.update({
             "delivered_total": self.msgs,
