@@ -124,7 +124,8 @@ HOW = """## How the figures are taken
 - Two cores shared with other work: rates and latencies move by tens of per
   cent from run to run; CPU per message is the figure to compare. The
   threads baseline moves most: with 20 to 2,000 threads contending for the
-  GIL, its cost per message at P=10 has ranged from 8 to 38 us between runs.
+  GIL, its cost per message at P=10 has ranged from 8 to 51 us between runs
+  on this machine, so the "vs threads" ratios are the least steady figures.
 """
 
 
