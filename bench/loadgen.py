@@ -56,8 +56,9 @@ RX_MSG_ID = re.compile(rb"MSG (\d+) ")
 RX_STAMP = re.compile(rb" t(\d+)x")
 RX_SENT_ID = re.compile(rb"SENT (\d+) ")
 RX_DELIVERED_ID = re.compile(rb"DELIVERED (\d+) ")
-# "/ack ID" frames, by the length of ID: the header and the command word.
-ACK_HEAD = {n: HEADER.pack(5 + n) + b"/ack " for n in range(1, 21)}
+# Ids per "/ack ID ID ..." frame: a read's worth of MSGs is acknowledged at
+# once, as tcpchat-client does; 1000 ids stay far below --max-frame.
+ACK_BATCH = 1000
 
 
 def frame(payload):
@@ -462,7 +463,8 @@ class LoadGen:
                 ids = RX_MSG_ID.findall(buf)
                 if tail:
                     ids = ids[len(RX_MSG_ID.findall(tail)):]
-                self._send(c, b"".join([ACK_HEAD[len(i)] + i for i in ids]))
+                self._send(c, b"".join([frame(b"/ack " + b" ".join(ids[k:k + ACK_BATCH]))
+                                        for k in range(0, len(ids), ACK_BATCH)]))
             if self.track_first and c.first_msg == 0:
                 c.first_msg = self.fan_last = time.monotonic_ns()
                 self.fan_remaining -= 1

@@ -41,8 +41,10 @@ Rules that keep it honest:
 import collections
 import logging
 
-from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
+from .framing import FRAMED_MARKER, HEADER, FrameDecoder, LineDecoder, encode_frame
 from .protocol import GREETING, HELP, OPEN_COMMANDS, split_command, valid_nick
+
+_pack_length = HEADER.pack
 
 __all__ = ["Limits", "Chat", "Session", "Message"]
 
@@ -188,6 +190,7 @@ class Chat:
 
     def __init__(self, limits=None, logger=None, log_text=True):
         self.limits = limits or Limits()
+        self._max_queue = self.limits.max_queue  # read on every queued message
         self.log = logger or logging.getLogger("tcpchat.null")
         if logger is None:
             self.log.addHandler(logging.NullHandler())
@@ -270,6 +273,9 @@ class Chat:
         """The shell wrote the first ``nbytes`` of ``s.out`` to the socket."""
         s.written += nbytes
         out = s.out
+        if s.written == s.enqueued:
+            out.clear()  # the usual case: everything went at once
+            nbytes = 0
         while nbytes:
             size = len(out[0])
             if nbytes >= size:
@@ -333,8 +339,13 @@ class Chat:
             if text[1:2] == "/":  # //TEXT is the chat text /TEXT
                 self._chat_text(s, text[1:])
                 return
-            word, rest = split_command(text)
+            word, _, rest = text.partition(" ")
             command = self._commands.get(word)
+            if command is None:
+                # Commands ignore case; almost all arrive in lower case, so
+                # only the rare others pay for lower().
+                word, rest = split_command(text)
+                command = self._commands.get(word)
             if command is None:
                 self._error(s, "unknown-command", "%s is not a command, try /help" % word)
             elif s.nick is None and word not in OPEN_COMMANDS:
@@ -428,6 +439,11 @@ class Chat:
             self._error(s, "not-paired", "you have no pair and no pair request")
 
     def _cmd_msg(self, s, arg):
+        name, _, text = arg.partition(" ")
+        t = self.users.get(name.lower())
+        if t is not None and t is not s and text and not text.isspace():
+            return self._send_private(s, t, text)
+        # Anything unusual takes the slow path, which says what is wrong.
         name, _, text = arg.lstrip(" ").partition(" ")
         if not name or not text.strip():
             return self._error(s, "usage", "/msg NAME TEXT")
@@ -456,13 +472,21 @@ class Chat:
         self._reply(s, "PONG " + token[0] if token else "PONG")
 
     def _cmd_ack(self, s, arg):
-        word = arg.strip()
-        msg = None
-        if word.isdigit() and s.unacked:
-            msg = s.unacked.pop(int(word), None)
-        if msg is None:
-            return self._error(s, "no-such-message", "%s is not awaiting your receipt" % (word or "(none)"))
-        self._delivered(msg, s)
+        # Several ids may share one /ack: a client acknowledges at once all
+        # it showed from one read, which halves a framed peer's input.
+        words = arg.split()
+        if not words:
+            return self._error(s, "usage", "/ack ID [ID ...]")
+        unacked = s.unacked or {}
+        bad = []
+        for word in words:
+            msg = unacked.pop(int(word), None) if word.isdigit() else None
+            if msg is None:
+                bad.append(word)
+            else:
+                self._delivered(msg, s)
+        if bad:
+            self._error(s, "no-such-message", "%s not awaiting your receipt" % " ".join(bad))
 
     def _cmd_help(self, s, arg):
         for line in HELP:
@@ -489,11 +513,12 @@ class Chat:
         return t
 
     def _send_private(self, s, t, text):
-        msg = Message(self._next_id, s, t.nick, text)
-        self._next_id += 1
+        msg_id = self._next_id
+        self._next_id = msg_id + 1
+        msg = Message(msg_id, s, t.nick, text)
         if self._log_messages:
             self._log_message(msg, text)
-        self._reply(s, "SENT %d %s 1" % (msg.id, t.nick))
+        self._reply(s, "SENT %d %s 1" % (msg_id, t.nick))
         self._deliver(msg, t)
 
     def _send_all(self, s, text):
@@ -639,10 +664,8 @@ class Chat:
     # ------------------------------------------------------------ output
 
     def _reply(self, s, text):
-        if s.framed:
-            self._queue(s, encode_frame(text.encode()))
-        else:
-            self._queue(s, text.encode() + b"\n")
+        data = text.encode()
+        self._queue(s, _pack_length(len(data)) + data if s.framed else data + b"\n")
 
     def _error(self, s, code, detail):
         self.log.info("%s (%s): ERR %s %s", s.nick or "-", s.peer, code, detail)
@@ -651,11 +674,12 @@ class Chat:
     def _queue(self, s, data):
         if not s.live:
             return
-        if not s.out:
+        out = s.out
+        if not out:
             self.flushable.append(s)
-        s.out.append(data)
+        out.append(data)
         s.enqueued += len(data)
-        if s.enqueued - s.written > self.limits.max_queue:
+        if s.enqueued - s.written > self._max_queue:
             self._doom(s, "slow consumer")
 
     # ------------------------------------------------------------ endings

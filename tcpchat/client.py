@@ -67,6 +67,8 @@ QUIT_WAIT = 2.0
 DEFAULT_WAIT = 10.0
 #: Longest greeting line we read, in bytes; the real one is under 100.
 MAX_GREETING = 4096
+#: Message ids per /ack: far below any server's frame limit (ids are short).
+ACK_BATCH = 1000
 #: Largest frame accepted from the server, in bytes. The server's own
 #: limit for what clients send is 64 KiB; a MSG adds a header to that.
 MAX_SERVER_FRAME = 1 << 20
@@ -581,6 +583,9 @@ class Client:
     # -- input handlers --
 
     def _received(self, data):
+        # Receipts for everything shown from this read go out together, in
+        # one /ack, after it has all been shown.
+        shown = []
         for item in self.decoder.feed(data):
             if not isinstance(item, bytes):
                 self._connection_lost("the server broke the framing (%s)" % item.detail)
@@ -588,7 +593,10 @@ class Client:
             show, send = self.session.server_message(
                 item.decode("utf-8", "replace"), self.now())
             self.show(show)
-            self._send(send)
+            shown += [text[5:] for text in send if text.startswith("/ack ")]
+            self._send([text for text in send if not text.startswith("/ack ")])
+        for start in range(0, len(shown), ACK_BATCH):
+            self._send(["/ack " + " ".join(shown[start:start + ACK_BATCH])])
         self._update_prompt()
         self._update_stdin()
 

@@ -42,7 +42,8 @@ __all__ = [
 #: The first byte a framed client sends. It is consumed and not a message.
 FRAMED_MARKER = 0
 
-_HEADER = struct.Struct(">I")
+#: The 4-byte big-endian length before every frame.
+HEADER = _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 
 

@@ -98,7 +98,7 @@ HELP = (
     "TEXT              to your partner when paired, else to everyone (//TEXT sends /TEXT)",
     "/who              list the users and whether they are free or paired",
     "/ping [TOKEN]     the server answers PONG [TOKEN]",
-    "/ack ID           receipt: you have seen message ID (clients send it themselves)",
+    "/ack ID [ID ...]  receipt: you have seen these messages (clients send it themselves)",
     "/quit [REASON]    leave (also :quit:)",
     "Replies: SENT ID TO COUNT when the server takes your message, "
     "DELIVERED ID NICK when NICK has it, FAILED ID NICK REASON when it never will.",

@@ -415,6 +415,21 @@ def test_ping_token(net):
 # ------------------------------------------------------------ receipts
 
 
+def test_one_ack_for_several_messages(net):
+    a, b = two(net, framed_b=True)
+    for i in range(3):
+        a.send("/msg bob m%d" % i)
+    assert len(b.read()) == 3
+    b.send("/ack 3 1 9")
+    assert b.read() == ["ERR no-such-message 9 not awaiting your receipt"]
+    assert a.read()[-2:] == ["DELIVERED 3 bob", "DELIVERED 1 bob"]
+    b.send("/ack 2 two")
+    assert b.read() == ["ERR no-such-message two not awaiting your receipt"]
+    assert a.read() == ["DELIVERED 2 bob"]
+    b.send("/ack")
+    assert b.read()[0].startswith("ERR usage ")
+
+
 def test_unacked_cap_fails_the_oldest(net):
     n = Net(max_unacked=2)
     a = n.connect("alice")

@@ -809,3 +809,52 @@ def test_piped_empty_input_leaves_at_once(server, tmp_path):
     assert p.returncode == 0
     assert "You are ci." in p.stdout.decode()
     assert time.monotonic() - started < TIMEOUT
+
+
+def test_one_ack_for_all_messages_shown_from_one_read(tmp_path):
+    """The test plays the server, to see the exact frames the client sends."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(TIMEOUT)
+    port = listener.getsockname()[1]
+    client = subprocess.Popen(
+        [sys.executable, "-m", "tcpchat.client", "--port", str(port), "--nick", "ci",
+         "--wait", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=client_env(tmp_path), cwd=REPO)
+    conn = None
+    try:
+        conn, _ = listener.accept()
+        conn.settimeout(TIMEOUT)
+        conn.sendall(b"HELLO tcpchat/1 test server\n")
+        buf = b""
+
+        def next_frame():
+            nonlocal buf
+            deadline = time.monotonic() + TIMEOUT
+            while True:
+                if len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                    n = struct.unpack(">I", buf[:4])[0]
+                    payload, buf = buf[4:4 + n], buf[4 + n:]
+                    return payload.decode()
+                assert time.monotonic() < deadline, "no frame from the client"
+                chunk = conn.recv(4096)
+                assert chunk, "the client hung up"
+                buf += chunk
+
+        assert conn.recv(1) == b"\x00"
+        assert next_frame() == "/nick ci"
+
+        def frame(text):
+            return struct.pack(">I", len(text)) + text.encode()
+
+        conn.sendall(frame("OK nick ci") + b"".join(
+            frame("MSG %d bob ci hi %d" % (i, i)) for i in (7, 8, 9)))
+        assert next_frame() == "/ack 7 8 9"
+    finally:
+        if conn is not None:
+            conn.close()
+        listener.close()
+        client.kill()
+        client.communicate()
