@@ -16,8 +16,6 @@ bytes between it and the kernel, keeps the clock, and handles signals:
 import argparse
 import errno
 import logging
-import logging.handlers
-import os
 import selectors
 import signal
 import socket
@@ -25,7 +23,7 @@ import sys
 import time
 from itertools import islice
 
-from . import __version__
+from . import __version__, logs
 from .chat import Chat, Limits
 
 __all__ = ["make_parser", "main", "Server"]
@@ -121,6 +119,7 @@ class Server:
         read = self._read
         write = self._write
         clock = time.monotonic
+        flush_logs = logs.flush
         next_tick = clock() + TICK
         stop_by = None
         while True:
@@ -142,6 +141,7 @@ class Server:
                     except Exception:
                         self._internal_error(s)
             self._flush()
+            flush_logs()
             if now >= next_tick:
                 next_tick = now + TICK
                 chat.expire(now)
@@ -345,60 +345,6 @@ def raise_open_files_limit(max_clients):
             log.info("open files limit raised to %d", soft)
 
 
-class _SysLogHandler(logging.handlers.SysLogHandler):
-    """SysLogHandler that warns once, not a traceback a record, on failure."""
-
-    warned = False
-
-    def handleError(self, record):
-        if not self.warned:
-            self.warned = True
-            sys.stderr.write("tcpchat-server: syslog write failed; later failures not shown\n")
-
-
-def parse_syslog_address(text):
-    """``/dev/log`` stays a path; ``HOST:PORT`` or ``[V6]:PORT`` is UDP."""
-    if text.startswith("/") or ":" not in text:
-        return text
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def configure_logging(args):
-    level = getattr(logging, args.log_level.upper())
-    root = logging.getLogger("tcpchat")
-    root.setLevel(logging.DEBUG)
-    root.propagate = False
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    # Start, stop and limits are always told; --log-level is for the
-    # per-connection and per-message events of the chat.
-    logging.getLogger("tcpchat.server").setLevel(logging.INFO)
-    logging.getLogger("tcpchat.chat").setLevel(level)
-    stamp = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(stamp)
-    root.addHandler(stderr)
-    if args.log_file:
-        # Watched: logrotate may move the file; we reopen it.
-        f = logging.handlers.WatchedFileHandler(args.log_file, encoding="utf-8")
-        f.setFormatter(stamp)
-        root.addHandler(f)
-    if not args.no_syslog:
-        try:
-            address = parse_syslog_address(args.syslog_address)
-            if isinstance(address, str) and not os.path.exists(address):
-                # Python 3.11+ would only find out at the first record.
-                raise OSError(errno.ENOENT, "no such socket")
-            h = _SysLogHandler(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-        except (OSError, ValueError) as e:
-            log.warning("syslog at %s unavailable (%s); going on without it", args.syslog_address, e)
-        else:
-            h.ident = "tcpchat-server[%d]: " % os.getpid()
-            h.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-            root.addHandler(h)
-
-
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -457,7 +403,8 @@ def make_parser():
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    configure_logging(args)
+    logs.configure(args.log_level, args.log_file,
+                   None if args.no_syslog else args.syslog_address)
     raise_open_files_limit(args.max_clients)
     limits = Limits(
         max_clients=args.max_clients,
@@ -475,11 +422,14 @@ def main(argv=None):
     except (OSError, UnicodeError) as e:
         log.error("cannot listen on %s: %s", format_address(args.host, args.port),
                   e.strerror if isinstance(e, OSError) and e.strerror else e)
+        logs.flush()
         return 1
     server.install_signal_handlers()
     log.info("tcpchat-server %s listening on %s", __version__, server.address)
+    logs.flush()  # now, not after the first pass: supervisors wait for it
     server.serve_forever()
     log.info("stopped")
+    logs.flush()
     return 0
 
 
