@@ -281,6 +281,10 @@ class Server:
             pending = chat.flushable
             if pending:
                 chat.flushable = []
+                # Newest first: a sender's SENT is queued before its
+                # recipient's MSG, and writing the MSG to a line-mode peer
+                # queues the DELIVERED; this way both go in one send.
+                pending.reverse()
                 for s in pending:
                     if not s.gone and s.out and s not in self._writing:
                         try:
