@@ -42,6 +42,10 @@ ACCEPT_BATCH = 256
 #: Seconds between timeout checks (registration, drain bounds).
 TICK = 0.5
 
+#: The selector key data of the signal wakeup socket (the listener's is None,
+#: a connection's is its Session).
+_WAKEUP = object()
+
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
@@ -68,7 +72,7 @@ class Server:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
-        self.selector.register(self._wakeup_r, READ, "wakeup")
+        self.selector.register(self._wakeup_r, READ, _WAKEUP)
 
     @staticmethod
     def _listen(host, port):
@@ -130,7 +134,7 @@ class Server:
                 s = key.data
                 if s is None:
                     self._accept(now)
-                elif s == "wakeup":
+                elif s is _WAKEUP:
                     self._drain_wakeup()
                 elif not s.gone:  # an earlier handler may have ended it
                     try:
@@ -184,7 +188,7 @@ class Server:
 
     def close(self):
         for key in list(self.selector.get_map().values()):
-            if key.data not in (None, "wakeup"):
+            if key.data is not None and key.data is not _WAKEUP:
                 self._close(key.data)
         self.selector.close()
         self.listener.close()
