@@ -119,8 +119,8 @@ class Message:
         """The MSG as one frame."""
         data = self._frame
         if data is None:
-            text = "MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)
-            data = self._frame = encode_frame(text.encode())
+            data = ("MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)).encode()
+            data = self._frame = _pack_length(len(data)) + data
         return data
 
 
