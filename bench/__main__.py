@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from bench import report
+from bench import procs, report
 from bench.scenarios import PLANS, TARGETS, Runner
 
 SCENARIOS = ("throughput", "latency", "fanout", "connections")
@@ -33,6 +33,10 @@ def make_parser():
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the report as Markdown (bench/RESULTS.md)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=("debug", "info", "warning", "error"),
+                        help="tcpchat's --log-level in the runs: warning (default) measures "
+                        "the chat, info adds a log line per message as the server's default does")
     parser.add_argument("--profile", metavar="DIR",
                         help="run tcpchat under cProfile, one .prof file per run in DIR")
     return parser
@@ -46,6 +50,7 @@ def main(argv=None):
     if unknown:
         make_parser().error("unknown: %s" % ", ".join(unknown))
     plan = PLANS[args.plan]
+    procs.TCPCHAT_LOG_LEVEL = args.log_level
     # Other work on the machine moves the figures: say how busy it was.
     load_before = os.getloadavg()[0]
     started = time.monotonic()
@@ -76,6 +81,8 @@ def main(argv=None):
 
 def markdown(m, args, table, goals):
     command = "python -m bench" + {"full": "", "quick": " --quick", "tiny": " --tiny"}[args.plan]
+    if args.log_level != "warning":
+        command += " --log-level " + args.log_level
     lines = [
         "# Benchmark results",
         "",
@@ -104,9 +111,10 @@ HOW = """## How the figures are taken
   picks, a fresh one for every run, driven by separate load generator
   processes (`bench/loadgen.py`); nothing leaves loopback.
 - tcpchat runs as `python -m tcpchat.server --host 127.0.0.1 --port 0
-  --no-syslog --log-level warning`: the cost of the chat, not of writing a
-  log line per message (at the default `info` level that costs more than
-  everything else together).
+  --no-syslog --log-level LEVEL`, LEVEL from `python -m bench --log-level`
+  (`warning` unless given): the cost of the chat, not of writing a log line
+  per message. At the server's default `info` level each message is logged,
+  which `python -m bench --log-level info` measures.
 - Server CPU is utime + stime from `/proc/PID/stat` of the server process,
   read before and after a run (10 ms ticks: small figures are coarse).
   It is steadier than wall time on a shared machine, so targets on cost use it.

@@ -21,10 +21,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 PY = sys.executable
 
+#: tcpchat's --log-level in the runs: warning measures the chat alone; info
+#: (the server's default, a log line per message) adds the cost of logging.
+TCPCHAT_LOG_LEVEL = "warning"
+
 # How each server is started; the port is chosen by the kernel (--port 0).
 SERVER_COMMANDS = {
     "tcpchat": ["-m", "tcpchat.server", "--host", "127.0.0.1", "--port", "0",
-                "--no-syslog", "--log-level", "warning"],
+                "--no-syslog"],
     "relay": ["-m", "bench.baselines.relay", "--host", "127.0.0.1", "--port", "0"],
     "asyncio": ["-m", "bench.baselines.asyncio_chat", "--host", "127.0.0.1", "--port", "0"],
     "threads": ["-m", "bench.baselines.threads_chat", "--host", "127.0.0.1", "--port", "0"],
@@ -48,6 +52,8 @@ class ServerProcess:
         if profile:
             argv += ["-m", "cProfile", "-o", profile]
         argv += SERVER_COMMANDS[kind]
+        if kind == "tcpchat":
+            argv += ["--log-level", TCPCHAT_LOG_LEVEL]
         self.log = collections.deque(maxlen=200)
         self._port_seen = threading.Event()
         self.port = None
