@@ -148,7 +148,10 @@ class Server:
             flush_logs()
             if now >= next_tick:
                 next_tick = now + TICK
-                chat.expire(now)
+                try:
+                    chat.expire(now)
+                except Exception:  # a bug here must not end the service
+                    log.exception("internal error checking timeouts")
                 if self._accept_paused_until and now >= self._accept_paused_until:
                     self._accept_paused_until = None
                     self.selector.register(self.listener, READ, None)
@@ -308,6 +311,10 @@ class Server:
             return
         s.handle = None
         self._writing.discard(s)
+        if s.queued:
+            # Cut off (slow consumer, drain bound): never silently.
+            log.warning("%s (%s): %d bytes of output not written: %s",
+                        s.nick or "-", s.peer, s.queued, s.closing)
         try:
             self.selector.unregister(sock)
         except (KeyError, ValueError):

@@ -210,6 +210,7 @@ def test_slow_consumer_is_dropped_while_others_chat():
             pytest.fail("the stuck reader was never dropped")
         assert any(m.endswith("slow consumer") for m in msg if m.startswith("LEFT"))
         assert failed and all(m.endswith("stuck slow consumer") for m in failed)
+        srv.wait_log("bytes of output not written: slow consumer")
         stuck.close()
         talk_a.send("/msg tb after")
         assert talk_b.expect("MSG").endswith("after")
