@@ -346,10 +346,10 @@ class Chat:
                 # only the rare others pay for lower().
                 word, rest = split_command(text)
                 command = self._commands.get(word)
-            if command is None:
-                self._error(s, "unknown-command", "%s is not a command, try /help" % word)
-            elif s.nick is None and word not in OPEN_COMMANDS:
+            if s.nick is None and word not in OPEN_COMMANDS:
                 self._error(s, "not-registered", "register first with /nick NAME")
+            elif command is None:
+                self._error(s, "unknown-command", "%s is not a command, try /help" % word)
             else:
                 command(s, rest)
         elif text == ":quit:" or text.strip() == ":quit:":

@@ -159,7 +159,7 @@ def test_rename_tells_others_and_frees_the_old_nick(net):
 
 
 @pytest.mark.parametrize("text", ["hello", "/msg bob hi", "/all hi", "/pair bob", "/unpair",
-                                  "/who", "/ack 1", "//slash"])
+                                  "/who", "/ack 1", "//slash", "/bogus", "/WHO"])
 def test_only_open_commands_before_nick(net, text):
     net.connect("bob")
     c = net.connect()
