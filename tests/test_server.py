@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from serverproc import HOST, REPO, TIMEOUT, FrameClient, LineClient, ServerProcess
+from serverproc import HOST, REPO, TIMEOUT, LineClient, ServerProcess
 
 from tcpchat import __version__
 from tcpchat.protocol import GREETING, HELP
