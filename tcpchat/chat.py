@@ -360,6 +360,8 @@ class Chat:
     def _chat_text(self, s, text):
         if s.nick is None:
             self._error(s, "not-registered", "register first with /nick NAME")
+        elif text.isspace():  # as /msg and /all: blank text is nothing to send
+            self._error(s, "usage", "nothing to send: the text is blank")
         elif s.partner is not None:
             self._send_private(s, s.partner, text)
         else:

@@ -258,6 +258,13 @@ def test_broadcast_alone_is_no_recipients(net):
     assert [m.split()[1] for m in a.read()] == ["no-recipients", "no-recipients"]
 
 
+def test_blank_text_is_not_sent(net):
+    a, b = two(net)
+    a.send_raw(b"   \n\r\r\n\t\n")
+    assert [m.split()[:2] for m in a.read()] == [["ERR", "usage"]] * 3
+    assert b.read() == []
+
+
 def test_double_slash_is_text(net):
     a, b = two(net)
     a.send("//shrug")
@@ -623,3 +630,98 @@ def test_vocabulary_is_consistent():
     assert all(code == code.lower() for code in ERROR_CODES)
     assert all(k == k.upper() for k in SERVER_KEYWORDS)
     assert set(COMMANDS) - {":quit:"} == set(Chat()._commands)
+
+
+# ------------------------------------------------------------ invariants
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_message_has_exactly_one_outcome(seed):
+    """Random clients doing random things; then check the promises.
+
+    Every chat message a client sends gets exactly one SENT or ERR, in
+    order. Every SENT gets exactly one final outcome later (DELIVERED or
+    FAILED for a private message, one DELIVERED * for a broadcast), unless
+    its sender left first. Nothing raises.
+    """
+    import random
+
+    rnd = random.Random(seed)
+    n = Net(max_queue=3000, max_unacked=8, presence_limit=4)
+    clients = []
+    chat_sent = {}  # client -> number of chat messages it sent while registered
+    for step in range(1500):
+        live = [c for c in clients if not c.closed]
+        action = rnd.random()
+        if action < 0.08 or len(live) < 2:
+            c = n.connect(framed=rnd.random() < 0.5)
+            c.send("/nick u%d" % len(clients))
+            clients.append(c)
+            chat_sent[c] = 0
+            continue
+        c = rnd.choice(live)
+        nicks = [x.s.nick for x in live if x.s.nick] + ["ghost"]
+        if action < 0.45:
+            c.send("/msg %s m%d" % (rnd.choice(nicks), step))
+            chat_sent[c] += 1
+        elif action < 0.55:
+            c.send("hello %d" % step)
+            chat_sent[c] += 1
+        elif action < 0.62:
+            c.send("/pair " + rnd.choice(nicks))
+        elif action < 0.66:
+            c.send("/unpair")
+        elif action < 0.70:
+            c.stalled = not c.stalled
+            if not c.stalled:
+                n.unstall(c)
+        elif action < 0.73:
+            c.send("/quit")
+        elif action < 0.75:
+            n.chat.disconnect(c.s, "connection lost")
+            n.pump()
+        elif action < 0.77:
+            # Bytes 0xf8-0xff are never UTF-8: garbage that cannot be a chat message.
+            # It ends a line, so it cannot merge with the next command.
+            c.send_raw(bytes(rnd.choice(b"\xf8\xfa\xfe\xff\r\n")
+                             for _ in range(rnd.randrange(1, 30))) + b"\n")
+        if c.framed and not c.closed and rnd.random() < 0.6:
+            ids = [m.split()[1] for m in c.inbox if m.startswith("MSG ")]
+            if ids:
+                c.send("/ack " + " ".join(rnd.sample(ids, rnd.randrange(1, len(ids) + 1))))
+    # Let everything settle: everyone reads, framed clients ack all they got.
+    for c in clients:
+        if not c.closed:
+            c.stalled = False
+            n.unstall(c)
+    for c in clients:
+        if c.framed and not c.closed:
+            ids = sorted({m.split()[1] for m in c.inbox if m.startswith("MSG ")})
+            if ids:
+                c.send("/ack " + " ".join(ids))
+    n.pump()
+
+    settled = 0
+    for c in clients:
+        answers = {}
+        outcomes = {}
+        for m in c.inbox:
+            words = m.split()
+            if words[0] == "SENT":
+                assert words[1] not in answers, m
+                answers[words[1]] = words[2]
+            elif words[0] in ("DELIVERED", "FAILED"):
+                assert words[1] in answers, "outcome before SENT: %s" % m
+                assert words[1] not in outcomes, "two outcomes: %s, %s" % (outcomes[words[1]], m)
+                assert words[2] == answers[words[1]], (m, answers[words[1]])
+                outcomes[words[1]] = m
+        # Never more answers than chat messages sent.
+        assert len(answers) <= chat_sent[c]
+        if not c.closed:
+            # Still here after everything settled: every message has its outcome.
+            assert set(answers) == set(outcomes), set(answers) - set(outcomes)
+            settled += len(answers)
+    assert settled > 0  # the run exercised the promise
+    n.chat.shutdown(n.chat.now)
+    n.pump()
+    assert not n.chat.users and not n.chat.sessions
