@@ -41,10 +41,8 @@ Rules that keep it honest:
 import collections
 import logging
 
-from .framing import FRAMED_MARKER, HEADER, FrameDecoder, LineDecoder, encode_frame
+from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
 from .protocol import GREETING, HELP, OPEN_COMMANDS, split_command, valid_nick
-
-_pack_length = HEADER.pack
 
 __all__ = ["Limits", "Chat", "Session", "Message"]
 
@@ -119,8 +117,8 @@ class Message:
         """The MSG as one frame."""
         data = self._frame
         if data is None:
-            data = ("MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)).encode()
-            data = self._frame = _pack_length(len(data)) + data
+            text = "MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)
+            data = self._frame = encode_frame(text.encode())
         return data
 
 
@@ -666,8 +664,7 @@ class Chat:
     # ------------------------------------------------------------ output
 
     def _reply(self, s, text):
-        data = text.encode()
-        self._queue(s, _pack_length(len(data)) + data if s.framed else data + b"\n")
+        self._queue(s, encode_frame(text.encode()) if s.framed else text.encode() + b"\n")
 
     def _error(self, s, code, detail):
         self.log.info("%s (%s): ERR %s %s", s.nick or "-", s.peer, code, detail)

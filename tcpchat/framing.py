@@ -42,8 +42,7 @@ __all__ = [
 #: The first byte a framed client sends. It is consumed and not a message.
 FRAMED_MARKER = 0
 
-#: The 4-byte big-endian length before every frame.
-HEADER = _HEADER = struct.Struct(">I")
+_HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 
 
