@@ -188,7 +188,6 @@ class Chat:
 
     def __init__(self, limits=None, logger=None, log_text=True):
         self.limits = limits or Limits()
-        self._max_queue = self.limits.max_queue  # read on every queued message
         self.log = logger or logging.getLogger("tcpchat.null")
         if logger is None:
             self.log.addHandler(logging.NullHandler())
@@ -678,7 +677,7 @@ class Chat:
             self.flushable.append(s)
         out.append(data)
         s.enqueued += len(data)
-        if s.enqueued - s.written > self._max_queue:
+        if s.enqueued - s.written > self.limits.max_queue:
             self._doom(s, "slow consumer")
 
     # ------------------------------------------------------------ endings
