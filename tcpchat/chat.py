@@ -186,14 +186,17 @@ class Session:
 class Chat:
     """The whole chat's state, driven by the I/O shell. See the module doc."""
 
-    def __init__(self, limits=None, logger=None, log_text=True):
+    def __init__(self, limits=None, logger=None, log_text=True, message_log=None):
         self.limits = limits or Limits()
         self.log = logger or logging.getLogger("tcpchat.null")
         if logger is None:
             self.log.addHandler(logging.NullHandler())
             self.log.propagate = False
+        # Each chat message is logged, so through a far cheaper path than
+        # ``logging`` when the shell gives one (logs.MessageLog).
+        self._message_log = message_log
         # Checked once: a disabled log call on the hot path still costs.
-        self._log_messages = self.log.isEnabledFor(logging.INFO)
+        self._log_messages = message_log is not None or self.log.isEnabledFor(logging.INFO)
         self._log_text = log_text
         self.sessions = set()
         self.users = {}  # key -> Session, in join order
@@ -540,10 +543,13 @@ class Chat:
             self._summary(msg)
 
     def _log_message(self, msg, text):
-        if self._log_text:
-            self.log.info("message %d %s -> %s: %s", msg.id, msg.sender.nick, msg.to, text)
+        s = msg.sender
+        if self._message_log is not None:
+            self._message_log.message(msg.id, s.peer, s.nick, msg.to, text)
+        elif self._log_text:
+            self.log.info("%s message %d %s -> %s: %s", s.peer, msg.id, s.nick, msg.to, text)
         else:
-            self.log.info("message %d %s -> %s", msg.id, msg.sender.nick, msg.to)
+            self.log.info("%s message %d %s -> %s", s.peer, msg.id, s.nick, msg.to)
 
     def _deliver(self, msg, t):
         """Queue ``msg`` to ``t`` and remember it until ``t`` has it."""

@@ -1,124 +1,494 @@
 """The server's logging: stderr, an optional file, and syslog.
 
-The chat logs every message at INFO, so a log record sits on the hot path:
-with the logging module's defaults one record cost more than the chat work
-of the message itself (a stack walk to find the caller, a strftime, and a
-write and flush per record). So, without changing what is logged:
+Theory of operation
+-------------------
+Every record is one line, formatted once, and written at the end of the
+loop pass that logged it:
 
-* the record skips what we never print (caller, thread, process names);
-* the time stamp's date and time are formatted once a second;
-* stderr and the log file are written once per loop pass (``flush``), not
-  once per record. At most MAX_PENDING records wait; a pass is short, so a
-  line is at most that pass late. Syslog keeps one datagram per record, as
-  syslog expects.
+* Records go into one pass buffer as they happen; ``flush()``, which the
+  server calls once per loop pass, writes the buffer to stderr and to the
+  log file with one write each, and sends syslog one datagram per record.
+  A pass is short, so a line is at most that pass late; MAX_PENDING bounds
+  what one pass may hold.
+* A chat message is the hot path: the chat logs every one. A record through
+  the ``logging`` module (a LogRecord, handler locks, a formatter per
+  handler) cost more than the chat work of the message itself, so messages
+  skip it: ``MessageLog.message`` formats the line straight into the pass
+  buffer. Everything rare (connections, errors, start and stop) goes
+  through ``logging`` into the same buffer, so the lines stay in order.
+* No one can forge a line: every record's text is passed through
+  ``escape``, which shows line breaks, terminal controls and invisible
+  characters as backslash escapes, so one record is always one line, in
+  stderr, the file and syslog alike, and nothing reaches an operator's
+  terminal raw.
+* A syslog datagram costs a system call, more than a message's whole
+  logging budget, so chat messages go to syslog only when asked for
+  (``syslog_messages``); every other record goes there by default.
+
+Rules that keep it honest:
+
+1. Nothing is written outside ``flush`` except when MAX_PENDING is reached;
+   what a pass logged leaves in the order it was logged.
+2. Every text that reaches an output has been through ``escape`` (the
+   formatters and ``MessageLog.message`` are the only ways in).
+3. A failing output says so once on the real stderr and never takes the
+   server down.
 """
 
+import collections
 import errno
 import logging
-import logging.handlers
 import os
+import socket
 import sys
 import time
 
-__all__ = ["configure", "flush", "parse_syslog_address"]
+__all__ = [
+    "configure",
+    "flush",
+    "reopen",
+    "escape",
+    "MessageLog",
+    "ErrorLimiter",
+    "internal_error",
+    "parse_syslog_address",
+]
 
-#: Records a buffered handler holds before writing anyway: bounds memory
-#: when one pass logs a great deal (a /quit storm, say).
-MAX_PENDING = 1000
+#: Characters one pass may buffer before writing anyway: bounds memory when
+#: one pass logs a great deal (a /quit storm, or large hostile messages,
+#: which escaping can make up to ten times longer: \U000e0041 for one
+#: invisible character).
+MAX_PENDING = 1 << 20
+
+#: Syslog datagrams held while the daemon is not reading, rather than
+#: stalling the chat: a few seconds of a busy server's connection records.
+SYSLOG_BACKLOG = 10000
+
+#: Syslog priorities for the daemon facility: 3 * 8 + severity.
+_SYSLOG_PRIORITY = {"DEBUG": 31, "INFO": 30, "WARNING": 28, "ERROR": 27, "CRITICAL": 26}
 
 log = logging.getLogger("tcpchat.server")
 
-_buffered = []  # the handlers ``flush`` writes out
+
+def escape(text):
+    """``text`` with whatever could break or fake a log line made visible.
+
+    Every character ``str.isprintable`` refuses (C0 controls such as
+    newline, CR and ESC, DEL, C1 controls, the bidi and invisible format
+    characters such as U+202E, separators other than the space) and the
+    backslash itself become the escapes Python writes in a string literal:
+    ``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\u202e``, ``\\\\``. The
+    result is one line of visible characters, and escapes in the text
+    cannot pass for ours because its own backslashes are doubled.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text  # nearly all text: two scans in C
+    # repr escapes exactly what isprintable refuses, in C, whatever the
+    # length. It also escapes the quote it picks when the text holds both
+    # kinds; a quote is printable, so that escape is undone. Every quote in
+    # repr's output is preceded by its own backslash, so the replacement
+    # cannot match the second half of an escaped backslash.
+    return repr(text)[1:-1].replace("\\'", "'")
 
 
-class StampFormatter(logging.Formatter):
-    """``2026-11-21 10:35:51,544 INFO text``, the date formatted once a second."""
+# ------------------------------------------------------------ formatting
+
+
+class _Stamp:
+    """``2026-11-21 10:35:51,544``, the date and time formatted once a second."""
 
     def __init__(self):
-        super().__init__("%(asctime)s %(levelname)s %(message)s")
         self._second = None
-        self._stamp = ""
+        self._text = ""
 
-    def formatTime(self, record, datefmt=None):
-        second = int(record.created)
+    def __call__(self, second, msecs):
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return "%s,%03d" % (self._stamp, record.msecs)
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return "%s,%03d" % (self._text, msecs)
 
 
-class _PassBuffered:
-    """Mixin for a stream handler: hold formatted records until ``flush``."""
+class EscapingFormatter(logging.Formatter):
+    """``LEVEL text`` as one line: the text escaped, a traceback included."""
 
-    def _start_buffer(self):
-        self._pending = []
+    def __init__(self):
+        super().__init__("%(levelname)s %(message)s")
+
+    def format(self, record):
+        text = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            # An exception's message may quote the input that caused it;
+            # escaped like the rest, the traceback stays on its record's line.
+            text = text + "\n" + record.exc_text
+        if record.stack_info:
+            text = text + "\n" + self.formatStack(record.stack_info)
+        return self.head(record) + escape(text)
+
+    def head(self, record):
+        return record.levelname + " "
+
+
+class StampFormatter(EscapingFormatter):
+    """``2026-11-21 10:35:51,544 INFO text``, as logging's default asctime."""
+
+    def __init__(self):
+        super().__init__()
+        self._stamp = _Stamp()
+
+    def head(self, record):
+        created = record.created
+        second = int(created)
+        return "%s %s " % (self._stamp(second, (created - second) * 1000), record.levelname)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+class _Pass:
+    """What this loop pass logged, for every output at once."""
+
+    __slots__ = ("lines", "datagrams", "size")
+
+    def __init__(self):
+        self.lines = []  # lines for stderr and the file, without newlines
+        self.datagrams = []  # encoded syslog records
+        self.size = 0  # characters in both
+
+
+_pass = _Pass()
+_outputs = []  # stderr and the log file: written with the pass's lines
+_syslog = None  # the syslog socket, if any
+
+
+class _Stream:
+    """A text stream written once a pass: stderr."""
+
+    def __init__(self, stream, name):
+        self.stream = stream
+        self.name = name
         self._failed = False
-        _buffered.append(self)
+
+    def write(self, text):
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception as e:
+            self._failure(e)
+
+    def _failure(self, e, doing="writing the log to"):
+        if not self._failed:  # say it once, not once a pass
+            self._failed = True
+            _complain("%s %s failed: %s" % (doing, self.name, e))
+
+    def reopen(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class _LogFile(_Stream):
+    """``--log-file``, appended to; reopened when logrotate moves it, or on ``reopen``."""
+
+    def __init__(self, path):
+        super().__init__(None, path)
+        self.path = path
+        self._identity = None
+        self._open()
+
+    def _open(self):
+        stream = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+        st = os.fstat(stream.fileno())
+        old, self.stream = self.stream, stream
+        self._identity = (st.st_dev, st.st_ino)
+        if old is not None:
+            old.close()
+
+    def write(self, text):
+        # Once a pass, not a stat() per record: has the file been moved?
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._identity
+        except OSError:
+            moved = True
+        if moved:
+            self.reopen()
+        super().write(text)
+
+    def reopen(self):
+        try:
+            self._open()
+        except OSError as e:
+            self._failure(e, "reopening")  # keep writing to the file we have
+        else:
+            self._failed = False
+
+    def close(self):
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+
+class _Syslog:
+    """Datagrams to a syslog socket (a Unix path, or UDP HOST:PORT).
+
+    The socket never blocks: a syslog daemon that falls behind must not
+    stall the chat (Linux queues only net.unix.max_dgram_qlen datagrams,
+    often 10, before a sender blocks). What it cannot take now is sent at
+    the next pass; past SYSLOG_BACKLOG the oldest are dropped, and stderr
+    says how many.
+    """
+
+    def __init__(self, address):
+        self.head = "tcpchat-server[%d]: " % os.getpid()
+        self.backlog = collections.deque()
+        self._failed = False
+        self._dropped = 0
+        self._next_report = 0.0  # monotonic seconds
+        if isinstance(address, str):
+            # Python 3.11+'s SysLogHandler connects lazily and would only
+            # fail at the first record; the administrator should hear of it
+            # at once.
+            if not os.path.exists(address):
+                raise OSError(errno.ENOENT, "no such socket")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        else:
+            host, port = address
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, 0, socket.SOCK_DGRAM)[0]
+            self.sock = socket.socket(family, kind, proto)
+        self._address = address
+        try:
+            self.sock.connect(address)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+
+    def send(self, datagrams):
+        backlog = self.backlog
+        backlog.extend(datagrams)
+        sock = self.sock
+        while backlog:
+            try:
+                sock.send(backlog[0])
+            except BlockingIOError:
+                break  # the daemon is behind: the rest waits for the next pass
+            except OSError as e:
+                self._resend(backlog[0], e)
+            backlog.popleft()
+        excess = len(backlog) - SYSLOG_BACKLOG
+        if excess > 0:
+            for _ in range(excess):
+                backlog.popleft()
+            self._dropped += excess
+            now = time.monotonic()
+            if now >= self._next_report:  # at most once a minute, not once a pass
+                self._next_report = now + 60
+                _complain("syslog is not keeping up: %d records dropped so far"
+                          % self._dropped)
+
+    def _resend(self, data, e):
+        # The daemon restarted and made a new socket: connect anew once.
+        try:
+            self.sock.connect(self._address)
+            self.sock.send(data)
+        except OSError:
+            if not self._failed:
+                self._failed = True
+                _complain("syslog write failed (%s); later failures not shown"
+                          % (e.strerror or e))
+
+    def close(self, timeout=1.0):
+        """Send what is left, waiting at most ``timeout`` seconds in all."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.backlog:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.sock.settimeout(left)
+                self.sock.send(self.backlog.popleft())
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _complain(text):
+    try:
+        sys.__stderr__.write("tcpchat-server: %s\n" % text)
+        sys.__stderr__.flush()
+    except Exception:
+        pass
+
+
+class _PassHandler(logging.Handler):
+    """Formats each record once into the pass buffer, for stderr and the file."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(StampFormatter())
 
     def emit(self, record):
         try:
-            self._pending.append(self.format(record) + "\n")
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        if len(self._pending) >= MAX_PENDING:
-            self.flush()
-
-    def _stream_for_write(self):
-        return self.stream
+        _pass.lines.append(line)
+        _pass.size += len(line)
+        if _pass.size > MAX_PENDING:
+            flush()
 
     def flush(self):
-        if not self._pending:
-            return
-        self.acquire()
+        flush()  # logging.shutdown calls this at exit: nothing is lost
+
+
+class _SyslogHandler(_PassHandler):
+    """Each record as one syslog datagram, sent with the pass."""
+
+    def __init__(self, head):
+        logging.Handler.__init__(self)
+        self.setFormatter(EscapingFormatter())
+        self._head = head
+
+    def emit(self, record):
         try:
-            text = "".join(self._pending)
-            self._pending.clear()
-            stream = self._stream_for_write()
-            if stream is not None:
-                stream.write(text)
-                stream.flush()
-        except Exception as e:
-            if not self._failed:  # say it once, not once a pass
-                self._failed = True
-                sys.__stderr__.write("tcpchat-server: writing the log failed: %s\n" % e)
-        finally:
-            self.release()
+            data = ("<%d>%s%s" % (_SYSLOG_PRIORITY.get(record.levelname, 30), self._head,
+                                  self.format(record))).encode("utf-8", "backslashreplace")
+        except Exception:
+            self.handleError(record)
+            return
+        _pass.datagrams.append(data)
+        _pass.size += len(data)
+        if _pass.size > MAX_PENDING:
+            flush()
 
     def close(self):
-        self.flush()
-        if self in _buffered:
-            _buffered.remove(self)
+        # At exit (logging.shutdown) too: the last records get a bounded wait.
+        _close_syslog()
         super().close()
 
 
-class BufferedStreamHandler(_PassBuffered, logging.StreamHandler):
-    def __init__(self, stream):
-        logging.StreamHandler.__init__(self, stream)
-        self._start_buffer()
+def _close_syslog():
+    global _syslog
+    if _syslog is not None:
+        flush()
+        _syslog.close()
+        _syslog = None
 
 
-class BufferedFileHandler(_PassBuffered, logging.handlers.WatchedFileHandler):
-    """A log file that follows logrotate: reopened when it has been moved."""
+class MessageLog:
+    """One INFO line per chat message, without the ``logging`` machinery.
 
-    def __init__(self, path):
-        logging.handlers.WatchedFileHandler.__init__(self, path, encoding="utf-8")
-        self._start_buffer()
+    ``PEER message ID SENDER -> TO: TEXT``, where PEER is the sender's
+    connection and TO a nick, or ``*`` for everyone. The line has the same
+    time stamp and level as every other record, and is escaped the same way.
+    """
 
-    def _stream_for_write(self):
-        self.reopenIfNeeded()  # once a pass, not a stat() per record
-        return self.stream
+    __slots__ = ("_text", "_pass", "_syslog_head", "_stamp", "_clock", "_start", "_next",
+                 "_head")
+
+    def __init__(self, text=True, syslog=False, clock=time.time):
+        self._text = text  # False: no message text in the log (--no-log-text)
+        self._pass = _pass
+        # Syslog's own copy of each line costs a system call per message.
+        self._syslog_head = None
+        if syslog and _syslog is not None:
+            self._syslog_head = "<30>%sINFO " % _syslog.head
+        self._stamp = _Stamp()
+        self._clock = clock
+        self._start = self._next = 0.0  # the millisecond ``_head`` is for
+        self._head = ""
+
+    def message(self, msg_id, peer, sender, to, text):
+        """Log chat message ``msg_id`` from ``sender`` on ``peer`` to ``to``."""
+        t = self._clock()
+        if not self._start <= t < self._next:
+            self._restamp(t)
+        if self._text:
+            body = f"{peer} message {msg_id} {sender} -> {to}: {text}"
+        else:
+            body = f"{peer} message {msg_id} {sender} -> {to}"
+        # The whole body, not just the text: no field can be forgotten.
+        if not body.isprintable() or "\\" in body:
+            body = escape(body)
+        line = self._head + body
+        p = self._pass
+        p.lines.append(line)
+        p.size += len(line)
+        if self._syslog_head is not None:
+            data = (self._syslog_head + body).encode()
+            p.datagrams.append(data)
+            p.size += len(data)
+        if p.size > MAX_PENDING:
+            flush()
+
+    def _restamp(self, t):
+        # A new stamp once a millisecond; or at once if the clock is set back.
+        second = int(t)
+        msecs = int((t - second) * 1000)
+        self._start = second + msecs / 1000
+        self._next = second + (msecs + 1) / 1000
+        self._head = self._stamp(second, msecs) + " INFO "
 
 
-class QuietSysLogHandler(logging.handlers.SysLogHandler):
-    """SysLogHandler that warns once, not a traceback a record, on failure."""
+# ------------------------------------------------------------ the server's
 
-    warned = False
 
-    def handleError(self, record):
-        if not self.warned:
-            self.warned = True
-            sys.__stderr__.write("tcpchat-server: syslog write failed; later failures not shown\n")
+class ErrorLimiter:
+    """Log an internal error's traceback at most ``burst`` times per ``interval``.
+
+    A bug that a client can trigger at will must not let it fill the disk
+    with tracebacks: past the burst, errors are only counted, and once the
+    interval is over one line says how many were not logged.
+    """
+
+    def __init__(self, burst=10, interval=60.0, clock=time.monotonic):
+        self.burst = burst
+        self.interval = interval  # seconds
+        self.clock = clock
+        self.suppressed = 0  # errors not logged in the current interval
+        self._logged = 0
+        self._ends = None  # when the current interval ends
+        self._logger = None
+
+    def __call__(self, logger, msg, *args):
+        """Log ``msg % args`` at ERROR with the current exception's traceback.
+
+        Call it from an ``except`` block. Returns whether it was logged.
+        """
+        now = self.clock()
+        if self._ends is None or now >= self._ends:
+            self.summarize(now)
+            self._ends = now + self.interval
+            self._logged = 0
+        if self._logged < self.burst:
+            self._logged += 1
+            logger.error(msg, *args, exc_info=True)
+            return True
+        self.suppressed += 1
+        self._logger = logger
+        return False
+
+    def summarize(self, now=None):
+        """Once the interval is over, say how many errors went unlogged."""
+        if not self.suppressed:
+            return
+        if now is None:
+            now = self.clock()
+        if now < self._ends:
+            return
+        self._logger.error(
+            "%d more internal errors not logged (at most %d tracebacks per %g s)",
+            self.suppressed, self.burst, self.interval)
+        self.suppressed = 0
+
+
+#: The server's internal-error log: ``logs.internal_error(log, "... %s", x)``.
+internal_error = ErrorLimiter()
 
 
 def parse_syslog_address(text):
@@ -131,16 +501,44 @@ def parse_syslog_address(text):
 
 def flush():
     """Write what this loop pass logged. The server calls it every pass."""
-    for handler in _buffered:
-        handler.flush()
+    if internal_error.suppressed:
+        internal_error.summarize()
+    p = _pass
+    lines = p.lines
+    if lines:
+        lines.append("")  # the last newline, without copying the text again
+        text = "\n".join(lines)
+        lines.clear()  # in place: a MessageLog may hold this list
+        for out in _outputs:
+            out.write(text)
+    if _syslog is not None and (p.datagrams or _syslog.backlog):
+        _syslog.send(p.datagrams)
+    p.datagrams.clear()
+    p.size = 0
 
 
-def configure(level="info", log_file=None, syslog_address="/dev/log"):
+def reopen():
+    """Reopen ``--log-file``: after logrotate has moved it, say (SIGHUP).
+
+    What was logged before goes to the old file. A file that cannot be
+    opened is reported on stderr and the old one kept.
+    """
+    flush()
+    for out in _outputs:
+        out.reopen()
+
+
+def configure(level="info", log_file=None, syslog_address="/dev/log", log_text=True,
+              syslog_messages=False, stderr=None):
     """Log to stderr, to ``log_file`` if given, to syslog unless it is None.
 
     ``level`` is for the chat's connection and message events; the server's
-    start, stop and limits are always logged.
+    start, stop and limits are always logged. Returns the ``MessageLog`` for
+    the chat's messages (``log_text`` False leaves their text out;
+    ``syslog_messages`` sends them to syslog too), or None when ``level``
+    hides them. ``stderr`` is a stream to use instead of ``sys.stderr``.
     """
+    global _syslog
     # What LogRecord would otherwise find out for every record, for fields
     # our formats never print (see the logging HOWTO, "Optimization").
     logging._srcfile = None
@@ -156,29 +554,27 @@ def configure(level="info", log_file=None, syslog_address="/dev/log"):
     for h in list(root.handlers):
         root.removeHandler(h)
         h.close()
+    flush()
+    for out in _outputs:
+        out.close()
+    del _outputs[:]
+    _close_syslog()
     logging.getLogger("tcpchat.server").setLevel(logging.INFO)
-    logging.getLogger("tcpchat.chat").setLevel(getattr(logging, level.upper()))
+    chat_level = getattr(logging, level.upper())
+    logging.getLogger("tcpchat.chat").setLevel(chat_level)
 
-    stamp = StampFormatter()
-    stderr = BufferedStreamHandler(sys.stderr)
-    stderr.setFormatter(stamp)
-    root.addHandler(stderr)
+    _outputs.append(_Stream(sys.stderr if stderr is None else stderr, "stderr"))
     if log_file:
-        f = BufferedFileHandler(log_file)
-        f.setFormatter(stamp)
-        root.addHandler(f)
+        _outputs.append(_LogFile(log_file))
+    root.addHandler(_PassHandler())
     if syslog_address is not None:
         try:
-            address = parse_syslog_address(syslog_address)
-            if isinstance(address, str) and not os.path.exists(address):
-                # Python 3.11+ connects lazily and would only fail at the
-                # first record; the administrator should hear of it at once.
-                raise OSError(errno.ENOENT, "no such socket")
-            h = QuietSysLogHandler(address=address,
-                                   facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            _syslog = _Syslog(parse_syslog_address(syslog_address))
         except (OSError, ValueError) as e:
-            log.warning("syslog at %s unavailable (%s); going on without it", syslog_address, e)
+            log.warning("syslog at %s unavailable (%s); going on without it", syslog_address,
+                        e.strerror if isinstance(e, OSError) and e.strerror else e)
         else:
-            h.ident = "tcpchat-server[%d]: " % os.getpid()
-            h.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-            root.addHandler(h)
+            root.addHandler(_SyslogHandler(_syslog.head))
+    if chat_level > logging.INFO:
+        return None
+    return MessageLog(log_text, syslog_messages)

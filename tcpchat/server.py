@@ -404,12 +404,15 @@ def make_parser():
                    help="time a closing connection, or the server at shutdown, "
                    "gets to flush its output")
     p.add_argument("--log-file", metavar="PATH", help="also log to this file")
-    p.add_argument("--log-level", default="info",
+    p.add_argument("--log-level", default="info", type=str.lower,
                    choices=("debug", "info", "warning", "error"),
-                   help="level for connection and message events")
+                   help="level for connection and message events, in any case")
     p.add_argument("--syslog-address", default="/dev/log", metavar="ADDR",
                    help="syslog socket path, or HOST:PORT for UDP")
     p.add_argument("--no-syslog", action="store_true", help="do not log to syslog")
+    p.add_argument("--syslog-messages", action="store_true",
+                   help="send syslog a record per chat message too (a system call each; "
+                   "stderr and --log-file always have them)")
     p.add_argument("--no-log-text", action="store_true",
                    help="log messages without their text")
     p.add_argument("--version", action="version", version="%(prog)s " + __version__)
@@ -418,8 +421,10 @@ def make_parser():
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    logs.configure(args.log_level, args.log_file,
-                   None if args.no_syslog else args.syslog_address)
+    message_log = logs.configure(args.log_level, args.log_file,
+                                 None if args.no_syslog else args.syslog_address,
+                                 log_text=not args.no_log_text,
+                                 syslog_messages=args.syslog_messages)
     raise_open_files_limit(args.max_clients)
     limits = Limits(
         max_clients=args.max_clients,
@@ -431,7 +436,8 @@ def main(argv=None):
         presence_limit=args.presence_limit,
         drain_time=args.drain_time,
     )
-    chat = Chat(limits, logging.getLogger("tcpchat.chat"), log_text=not args.no_log_text)
+    chat = Chat(limits, logging.getLogger("tcpchat.chat"), log_text=not args.no_log_text,
+                message_log=message_log)
     try:
         server = Server(chat, args.host, args.port)
     except (OSError, UnicodeError) as e:

@@ -295,7 +295,7 @@ def test_syslog_gets_the_log():
         sink.bind(path)
         sink.settimeout(TIMEOUT)
         try:
-            with ServerProcess("--syslog-address", path) as srv:
+            with ServerProcess("--syslog-address", path, "--syslog-messages") as srv:
                 a = srv.connect(nick="alice")
                 b = srv.connect(nick="bob")
                 a.send("/msg bob for the record")
@@ -310,7 +310,8 @@ def test_syslog_gets_the_log():
                 assert "tcpchat-server[%d]: " % srv.proc.pid in text
                 assert "listening on 127.0.0.1:%d" % srv.port in text
                 assert "registered as alice" in text
-                assert "message 1 alice -> bob: for the record" in text
+                port = a.sock.getsockname()[1]
+                assert "127.0.0.1:%d message 1 alice -> bob: for the record" % port in text
                 # <30> is LOG_DAEMON|LOG_INFO: a daemon's facility.
                 assert any(r.startswith("<30>") for r in records)
         finally:
