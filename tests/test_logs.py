@@ -219,6 +219,7 @@ def test_the_chat_logs_each_message_through_the_message_log(stderr):
     hostile = "/msg bob hi\r2026-01-01 00:00:00,000 INFO forged \x1b]0;t\x07\n"
     chat.receive(a, hostile.encode())
     chat.receive(a, b"/all \xe2\x80\xaeeveryone\n")
+    chat.receive(a, b"/\x1b]0;t\x07x\n")  # echoed back in the ERR, and logged
     chat.receive(b, b"/quit gone\x1b[2J\n")
     logs.flush()
     lines = stderr.getvalue().splitlines()
@@ -229,6 +230,8 @@ def test_the_chat_logs_each_message_through_the_message_log(stderr):
     assert any(line.endswith(" INFO 127.0.0.1:1000 message 2 alice -> *: \\u202eeveryone")
                for line in lines)
     assert any("quit: gone\\x1b[2J" in line for line in lines)
+    assert any("ERR unknown-command /\\x1b]0;t\\x07x is not a command" in line
+               for line in lines)
 
 
 # -- the log file -------------------------------------------------------------
