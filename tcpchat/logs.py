@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-__all__ = ["configure", "flush", "parse_syslog_address"]
+__all__ = ["configure", "flush", "reopen", "parse_syslog_address"]
 
 #: Records a buffered handler holds before writing anyway: bounds memory
 #: when one pass logs a great deal (a /quit storm, say).
@@ -109,6 +109,16 @@ class BufferedFileHandler(_PassBuffered, logging.handlers.WatchedFileHandler):
         self.reopenIfNeeded()  # once a pass, not a stat() per record
         return self.stream
 
+    def reopen(self):
+        self.flush()
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
 
 class QuietSysLogHandler(logging.handlers.SysLogHandler):
     """SysLogHandler that warns once, not a traceback a record, on failure."""
@@ -127,6 +137,14 @@ def parse_syslog_address(text):
         return text
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def reopen():
+    """Reopen the log file (after logrotate moved it, or on SIGHUP)."""
+    for handler in _buffered:
+        reopen_file = getattr(handler, "reopen", None)
+        if reopen_file is not None:
+            reopen_file()
 
 
 def flush():

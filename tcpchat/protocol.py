@@ -63,6 +63,7 @@ ERROR_CODES = (
     "too-long",
     "bad-frame",
     "server-full",
+    "too-many-connections",
     "usage",
     "no-such-message",
     "timeout",

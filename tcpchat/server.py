@@ -4,13 +4,22 @@ One thread, one ``selectors`` loop (epoll on Linux), non-blocking sockets.
 All chat policy lives in the sans-I/O ``Chat``; this module only moves
 bytes between it and the kernel, keeps the clock, and handles signals:
 
-* Read: ``recv`` what is there and hand it to ``Chat.receive``.
+* Read: ``recv`` what is there and hand it to ``Chat.receive``, but only
+  from connections the chat wants input from (``Session.reading``). A
+  flooder, or a client whose input waits for a later pass, is simply not
+  read: its data waits in its own socket buffer, and TCP slows it down.
+* Work: input the chat held back is acted on at the next pass, without
+  waiting in ``select``; throttled input when its time comes.
 * Write, once per loop pass, after every event of the pass is handled (as
   Redis does "before sleep"): an optimistic ``send`` to each session that
   got output; write interest is registered only for what is left over, and
   dropped again when the queue drains.
 * Close: only what the chat lists in ``to_close``, after the pass, so no
-  handler later in the same pass meets a closed socket or a reused fd.
+  handler later in the same pass meets a closed socket or a reused fd. A
+  connection that ended with all its output written is closed gracefully
+  (nginx's lingering close): shut down our side, read and discard for a
+  short while, then close, so that input still in flight cannot make the
+  kernel answer with a reset that destroys the last reply unread.
 """
 
 import argparse
@@ -24,16 +33,23 @@ import time
 from itertools import islice
 
 from . import __version__, logs
-from .chat import Chat, Limits
+from .chat import Chat, Limits, Session, parse_exemptions
 
 __all__ = ["make_parser", "main", "Server"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6078
 #: Bytes asked of one recv(); large enough that a busy pipelining client is
-#: read in few calls, small enough not to matter per connection (it is freed
-#: at once).
+#: read in few calls. A registered client is read only when the chat has
+#: acted on all its earlier input, so this bounds its input buffer.
 RECV_SIZE = 65536
+#: The same before registration: a /nick is short (chat.PRE_REGISTER_MAX).
+PRE_REGISTER_RECV = 4096
+#: Lingering close: how long, and how many bytes, we read and discard after
+#: shutting down our side; and how many connections may linger at once.
+LINGER_TIME = 2.0
+LINGER_BYTES = 65536
+LINGER_MAX = 1024
 #: Buffers handed to one sendmsg(); Linux's IOV_MAX is 1024.
 IOV_MAX = 1024
 #: Connections accepted per listener readiness, so that a connection storm
@@ -43,7 +59,7 @@ ACCEPT_BATCH = 256
 TICK = 0.5
 
 #: The selector key data of the signal wakeup socket (the listener's is None,
-#: a connection's is its Session).
+#: a connection's is its Session, a lingering close's is a _Lingering).
 _WAKEUP = object()
 
 READ = selectors.EVENT_READ
@@ -56,18 +72,51 @@ def format_address(host, port):
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
+class _Lingering:
+    """A socket we have shut down and are reading dry before closing it."""
+
+    __slots__ = ("sock", "deadline", "left", "peer")
+
+    def __init__(self, sock, deadline, peer):
+        self.sock = sock
+        self.deadline = deadline
+        self.left = LINGER_BYTES  # bytes we still read and discard
+        self.peer = peer
+
+
+def tune_keepalive(sock, seconds):
+    """TCP keepalive and TCP_USER_TIMEOUT, so a peer that vanished without
+    FIN or RST (a pulled cable, a laptop lid) is found within 2 x seconds.
+
+    Probes start after ``seconds`` idle and go every ``seconds / 6``; six
+    unanswered ones, or data left unacknowledged for ``2 x seconds``, end
+    the connection. ``seconds`` 0 leaves the kernel's defaults (off).
+    """
+    if not seconds:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // 6)),
+                        ("TCP_KEEPCNT", 6), ("TCP_USER_TIMEOUT", 2 * seconds * 1000)):
+        option = getattr(socket, name, None)
+        if option is not None:  # all are there on Linux
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 class Server:
     """The event loop. ``serve_forever`` returns when shut down by a signal."""
 
-    def __init__(self, chat, host=DEFAULT_HOST, port=DEFAULT_PORT):
+    def __init__(self, chat, host=DEFAULT_HOST, port=DEFAULT_PORT, keepalive=0):
         self.chat = chat
+        self.keepalive = keepalive
         self.selector = selectors.DefaultSelector()
         self.listener = self._listen(host, port)
         self.address = format_address(*self.listener.getsockname()[:2])
         self.selector.register(self.listener, READ, None)
-        self._writing = set()  # sessions registered for write interest
+        self._interest = {}  # Session -> the events it is registered for
+        self._lingering = {}  # _Lingering -> None, oldest first
         self._accept_paused_until = None
         self._stop_signal = None
+        self._hangup = False
         self._signals_installed = False
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
@@ -96,14 +145,16 @@ class Server:
     # ------------------------------------------------------------- signals
 
     def install_signal_handlers(self):
-        """SIGINT and SIGTERM wake the loop through a socket, as asyncio does.
+        """SIGINT, SIGTERM and SIGHUP wake the loop through a socket, as
+        asyncio does.
 
         The Python-level handler does nothing; the signal number arrives on
-        the wakeup socket, and the loop starts an orderly shutdown.
+        the wakeup socket, and the loop acts on it between events: an
+        orderly shutdown, or (SIGHUP) reopening the log file.
         """
         signal.set_wakeup_fd(self._wakeup_w.fileno())
         self._signals_installed = True
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, _ignore_signal)
 
     def _drain_wakeup(self):
@@ -114,6 +165,13 @@ class Server:
         for signum in data:
             if signum in (signal.SIGINT, signal.SIGTERM) and self._stop_signal is None:
                 self._stop_signal = signum
+            elif signum == signal.SIGHUP:
+                self._hangup = True
+
+    def _on_hangup(self):
+        self._hangup = False
+        log.info("SIGHUP received: reopening the log file")
+        logs.reopen()
 
     # ---------------------------------------------------------------- loop
 
@@ -127,23 +185,38 @@ class Server:
         next_tick = clock() + TICK
         stop_by = None
         while True:
-            timeout = max(0.0, next_tick - clock())
-            events = select(timeout)
+            wake = next_tick
+            if chat.backlog:
+                wake = 0.0  # held-back input: look at the sockets, do not wait
+            else:
+                due = chat.next_wakeup()
+                if due is not None and due < wake:
+                    wake = due
+            events = select(max(0.0, wake - clock()))
             chat.now = now = clock()
             for key, mask in events:
                 s = key.data
-                if s is None:
-                    self._accept(now)
-                elif s is _WAKEUP:
-                    self._drain_wakeup()
-                elif not s.gone:  # an earlier handler may have ended it
+                if type(s) is Session:
+                    if s.gone:  # an earlier handler may have ended it
+                        continue
                     try:
-                        if mask & READ:
+                        if mask & READ and s.reading:
                             read(s)
                         if mask & WRITE and not s.gone and s.out:
                             write(s)
                     except Exception:
                         self._internal_error(s)
+                elif s is None:
+                    self._accept(now)
+                elif s is _WAKEUP:
+                    self._drain_wakeup()
+                else:
+                    self._linger_read(s)
+            if chat.backlog or (chat.next_wakeup() or now + 1) <= now:
+                try:
+                    chat.work(now)
+                except Exception:  # a bug here must not end the service
+                    log.exception("internal error acting on held-back input")
             self._flush()
             flush_logs()
             if now >= next_tick:
@@ -152,10 +225,13 @@ class Server:
                     chat.expire(now)
                 except Exception:  # a bug here must not end the service
                     log.exception("internal error checking timeouts")
+                self._expire_lingering(now)
                 if self._accept_paused_until and now >= self._accept_paused_until:
                     self._accept_paused_until = None
                     self.selector.register(self.listener, READ, None)
                 self._flush()
+            if self._hangup:
+                self._on_hangup()
             if self._stop_signal is not None and stop_by is None:
                 log.info(
                     "%s received: telling %d clients goodbye",
@@ -191,8 +267,11 @@ class Server:
 
     def close(self):
         for key in list(self.selector.get_map().values()):
-            if key.data is not None and key.data is not _WAKEUP:
-                self._close(key.data)
+            data = key.data
+            if type(data) is Session:
+                self._close(data, linger=False)
+            elif type(data) is _Lingering:
+                self._end_linger(data)
         self.selector.close()
         self.listener.close()
         if self._signals_installed:
@@ -223,14 +302,19 @@ class Server:
             # We batch our own writes once per pass; Nagle would only add
             # latency to the small messages a chat is made of.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            s = chat.connect(format_address(*peer[:2]), now)
+            try:
+                tune_keepalive(sock, self.keepalive)
+            except OSError as e:  # the peer may be gone already
+                log.info("keepalive not set for %s: %s", format_address(*peer[:2]), e)
+            s = chat.connect(format_address(*peer[:2]), now, _host(peer[0]))
             s.handle = sock
-            self.selector.register(sock, READ, s)
+            self._interest[s] = 0
+            self._update_interest(s)
             chat.log.info("%s connected", s.peer)
 
     def _read(self, s):
         try:
-            data = s.handle.recv(RECV_SIZE)
+            data = s.handle.recv(RECV_SIZE if s.user is not None else PRE_REGISTER_RECV)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -239,7 +323,7 @@ class Server:
         if data:
             self.chat.receive(s, data)
         else:
-            self.chat.disconnect(s, "connection closed")
+            self.chat.eof(s)
 
     def _internal_error(self, s):
         """A bug met while serving ``s`` costs ``s`` only, never the loop."""
@@ -248,7 +332,7 @@ class Server:
             self.chat.disconnect(s, "internal error")
         except Exception:
             log.exception("and again while closing %s", s.peer)
-        self._close(s)
+        self._close(s, linger=False)
 
     def _write(self, s):
         sock = s.handle
@@ -263,24 +347,36 @@ class Server:
         except OSError as e:
             self.chat.disconnect(s, "connection lost: %s" % (e.strerror or e))
             return
-        if n:
-            self.chat.sent(s, n)
-        if s.gone:
+        # Told even when nothing went: that the kernel took nothing is what
+        # tells a slow consumer from a client that is merely busy.
+        self.chat.sent(s, n)
+        if not s.gone:
+            self._update_interest(s)
+
+    def _update_interest(self, s):
+        """Register for what ``s`` needs: READ while the chat wants its
+        input, WRITE while output waits for the kernel to take it."""
+        if s.handle is None:
             return
-        if s.out:
-            if s not in self._writing:
-                self._writing.add(s)
-                self.selector.modify(sock, READ | WRITE, s)
-        elif s in self._writing:
-            self._writing.discard(s)
-            self.selector.modify(sock, READ, s)
+        want = (READ if s.reading else 0) | (WRITE if s.backed_up else 0)
+        have = self._interest.get(s, 0)
+        if want == have:
+            return
+        if not have:
+            self.selector.register(s.handle, want, s)
+        elif not want:
+            self.selector.unregister(s.handle)
+        else:
+            self.selector.modify(s.handle, want, s)
+        self._interest[s] = want
 
     def _flush(self):
         """Write what this pass queued, then close what the chat is done with.
 
         Writing can make more output (a written line-mode MSG makes a
-        DELIVERED for its sender), so repeat a few times; what is still left
-        is picked up at the next pass.
+        DELIVERED for its sender, and drained output lets held-back input
+        go on), so repeat a few times; what is still left is picked up at
+        the next pass.
         """
         chat = self.chat
         write = self._write
@@ -293,7 +389,8 @@ class Server:
                 # queues the DELIVERED; this way both go in one send.
                 pending.reverse()
                 for s in pending:
-                    if not s.gone and s.out and s not in self._writing:
+                    # A backed-up session waits for its WRITE event.
+                    if not s.gone and s.out and not s.backed_up:
                         try:
                             write(s)
                         except Exception:
@@ -302,30 +399,90 @@ class Server:
                 ending, chat.to_close = chat.to_close, []
                 for s in ending:
                     self._close(s)
+            if chat.input_changed:
+                changed, chat.input_changed = chat.input_changed, []
+                for s in changed:
+                    if not s.gone:
+                        self._update_interest(s)
             if not chat.flushable and not chat.to_close:
                 break
 
-    def _close(self, s):
+    def _close(self, s, linger=True):
         sock = s.handle
         if sock is None:
             return
         s.handle = None
-        self._writing.discard(s)
+        if self._interest.pop(s, 0):
+            try:
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
         if s.queued:
-            # Cut off (slow consumer, drain bound): never silently.
-            log.warning("%s (%s): %d bytes of output not written: %s",
-                        s.nick or "-", s.peer, s.queued, s.closing)
-        try:
-            self.selector.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        sock.close()
+            if s.closing.startswith("connection"):
+                # The peer went away first: routine (a port scanner, a
+                # health check, a closed laptop), not the server's doing.
+                log.info("%s (%s): %d bytes of output not written: %s",
+                         s.nick or "-", s.peer, s.queued, s.closing)
+            else:
+                # Cut off (slow consumer, drain bound): never silently.
+                log.warning("%s (%s): %d bytes of output not written: %s",
+                            s.nick or "-", s.peer, s.queued, s.closing)
         if not s.gone:
             try:
                 self.chat.disconnect(s, "server stopped")
             except Exception:
                 log.exception("internal error closing %s", s.peer)
         self.chat.log.info("%s (%s) closed: %s", s.nick or "-", s.peer, s.closing)
+        if linger and s.graceful and len(self._lingering) < LINGER_MAX:
+            self._start_linger(sock, s.peer)
+        else:
+            sock.close()
+
+    # ------------------------------------------------------ lingering close
+
+    def _start_linger(self, sock, peer):
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the peer is gone already: nothing to protect
+            sock.close()
+            return
+        entry = _Lingering(sock, time.monotonic() + LINGER_TIME, peer)
+        self._lingering[entry] = None
+        self.selector.register(sock, READ, entry)
+
+    def _linger_read(self, entry):
+        try:
+            data = entry.sock.recv(min(entry.left, RECV_SIZE))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        entry.left -= len(data)
+        if not data or entry.left <= 0:
+            self._end_linger(entry)
+
+    def _expire_lingering(self, now):
+        for entry in list(self._lingering):
+            if entry.deadline > now:
+                break  # oldest first: the rest are younger
+            self._end_linger(entry)
+
+    def _end_linger(self, entry):
+        if entry in self._lingering:
+            del self._lingering[entry]
+            try:
+                self.selector.unregister(entry.sock)
+            except (KeyError, ValueError):
+                pass
+            entry.sock.close()
+
+
+def _host(address):
+    """The peer's address as the per-address limit counts it: an IPv4
+    address reached over an IPv6 socket counts as the IPv4 one."""
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    return address
 
 
 def _ignore_signal(signum, frame):
@@ -374,6 +531,32 @@ def _seconds(text):
     return value
 
 
+def _seconds_or_off(text):
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be 0 (off) or more")
+    return value
+
+
+def _count_or_off(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (off) or more")
+    return value
+
+
+def _network(text):
+    try:
+        return parse_exemptions([text])[0]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+#: The keepalive default, in seconds: a vanished peer frees its nick within
+#: about twice this.
+DEFAULT_KEEPALIVE = 60
+
+
 def make_parser():
     d = Limits()
     p = argparse.ArgumentParser(
@@ -403,6 +586,22 @@ def make_parser():
     p.add_argument("--drain-time", type=_seconds, default=d.drain_time, metavar="SECONDS",
                    help="time a closing connection, or the server at shutdown, "
                    "gets to flush its output")
+    p.add_argument("--rate", type=_count_or_off, default=d.rate, metavar="UNITS",
+                   help="flood limit: messages a second one connection may make the "
+                   "server send, an /all counting its recipients; past it the server "
+                   "stops reading from that connection for a while; 0 turns it off")
+    p.add_argument("--receipt-timeout", type=_seconds_or_off, default=d.receipt_timeout,
+                   metavar="SECONDS", help="time a recipient may take to confirm a message "
+                   "before it fails with no receipt; 0 waits forever")
+    p.add_argument("--keepalive", type=_count_or_off, default=DEFAULT_KEEPALIVE,
+                   metavar="SECONDS", help="TCP keepalive idle time: a peer that vanished "
+                   "is dropped within about twice this; 0 leaves the kernel's default (off)")
+    p.add_argument("--max-per-address", type=_count_or_off, default=d.max_per_address,
+                   metavar="N", help="connections at once from one address (except exempt "
+                   "ones); one more gets ERR too-many-connections; 0 turns it off")
+    p.add_argument("--exempt-address", type=_network, action="append", metavar="CIDR",
+                   help="an address or network exempt from --max-per-address; repeatable; "
+                   "giving it replaces the default list (127.0.0.1 and ::1)")
     p.add_argument("--log-file", metavar="PATH", help="also log to this file")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"),
@@ -430,10 +629,14 @@ def main(argv=None):
         register_timeout=args.register_timeout,
         presence_limit=args.presence_limit,
         drain_time=args.drain_time,
+        rate=args.rate,
+        receipt_timeout=args.receipt_timeout,
+        max_per_address=args.max_per_address,
+        exempt=tuple(args.exempt_address) if args.exempt_address else None,
     )
     chat = Chat(limits, logging.getLogger("tcpchat.chat"), log_text=not args.no_log_text)
     try:
-        server = Server(chat, args.host, args.port)
+        server = Server(chat, args.host, args.port, keepalive=args.keepalive)
     except (OSError, UnicodeError) as e:
         log.error("cannot listen on %s: %s", format_address(args.host, args.port),
                   e.strerror if isinstance(e, OSError) and e.strerror else e)
