@@ -78,7 +78,17 @@ import logging
 
 from .escaping import escape
 from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
-from .protocol import GREETING, HELP, OPEN_COMMANDS, split_command, valid_nick
+from .protocol import (
+    HELP,
+    MSG_HEADROOM,
+    OPEN_COMMANDS,
+    SEPARATORS,
+    greeting,
+    is_quit,
+    split_command,
+    split_word,
+    valid_nick,
+)
 
 __all__ = ["Limits", "Chat", "Session", "User", "Message", "parse_exemptions"]
 
@@ -153,7 +163,7 @@ def parse_exemptions(texts):
 class User:
     """A registered nick: who it is, whom it is paired with, where it is."""
 
-    __slots__ = ("nick", "key", "conn", "partner", "asked", "askers")
+    __slots__ = ("nick", "key", "conn", "partner", "asked", "askers", "pair_ended")
 
     def __init__(self, nick, conn):
         self.nick = nick
@@ -162,6 +172,10 @@ class User:
         self.partner = None  # the User it is paired with
         self.asked = None  # the User it sent a pending pair request to
         self.askers = None  # Users with a pending pair request to it
+        # The nick of the partner of a pair that ended, until the next plain
+        # chat text: that text was most likely meant for the pair, so it is
+        # refused rather than sent to everyone.
+        self.pair_ended = None
 
     def __repr__(self):
         return "<User %s>" % self.nick
@@ -326,6 +340,12 @@ class Chat:
         self._doomed = []
         self._sends = 0  # messages ever queued: the measure of a command's cost
         self._next_id = 1
+        limits = self.limits
+        self.max_text = limits.max_frame - MSG_HEADROOM  # bytes of chat text
+        # Chat text of up to this many characters needs no encoding to tell
+        # that it is within max_text: UTF-8 takes at most 4 bytes a character.
+        self._quick_text_limit = self.max_text // 4
+        self._greeting = (greeting(limits.max_line, limits.max_frame) + "\n").encode()
         self.shutting_down = False
         self.now = 0.0  # monotonic seconds, kept current by the shell
         self._commands = {
@@ -363,7 +383,7 @@ class Chat:
         if host is not None:
             self.per_host[host] = self.per_host.get(host, 0) + 1
         self.unregistered[s] = None
-        self._queue(s, _GREETING_LINE)
+        self._queue(s, self._greeting)
         return s
 
     def receive(self, s, data):
@@ -586,27 +606,34 @@ class Chat:
     # ------------------------------------------------------------ dispatch
 
     def _handle(self, s, text):
-        if text[0] == "/":
+        first = text[0]
+        if first == "/":
             if text[1:2] == "/":  # //TEXT is the chat text /TEXT
                 self._chat_text(s, text[1:])
                 return
             word, _, rest = text.partition(" ")
             command = self._commands.get(word)
-            if command is None:
-                # Commands ignore case; almost all arrive in lower case, so
-                # only the rare others pay for lower().
-                word, rest = split_command(text)
+            if command is None or rest[:1] in (" ", "\t"):
+                # Anything but "/word arg" in lower case takes the exact
+                # path: any case, tabs, runs of separators.
+                word, sent_word, rest = split_command(text)
                 command = self._commands.get(word)
+            else:
+                sent_word = word
             if s.user is None and word not in OPEN_COMMANDS:
                 self._error(s, "not-registered", "register first with /nick NAME")
             elif command is None:
-                self._error(s, "unknown-command", "%s is not a command, try /help" % escape(word))
+                self._error(s, "unknown-command",
+                            "%s is not a command, try /help" % _echo(sent_word, 32))
             else:
                 command(s, rest)
-        elif text == ":quit:" or text.strip() == ":quit:":
-            self._cmd_quit(s, "")
-        else:
-            self._chat_text(s, text)
+            return
+        if first == ":" or first in SEPARATORS:
+            reason = is_quit(text)
+            if reason is not None:
+                self._cmd_quit(s, reason)
+                return
+        self._chat_text(s, text)
 
     def _chat_text(self, s, text):
         user = s.user
@@ -616,6 +643,13 @@ class Chat:
             self._error(s, "usage", "nothing to send: the text is blank")
         elif user.partner is not None:
             self._send_private(user, user.partner, text)
+        elif user.pair_ended is not None:
+            # Typed for the pair, most likely, as it ended: never to everyone
+            # by surprise. Said once; the next plain text goes to everyone.
+            self._error(s, "not-paired", "your pair with %s has ended; nothing was sent. "
+                        "Send it again to send it to everyone, or use /msg or /all"
+                        % user.pair_ended)
+            user.pair_ended = None
         else:
             self._send_all(user, text)
 
@@ -657,7 +691,7 @@ class Chat:
 
     def _cmd_pair(self, s, arg):
         u = s.user
-        t = self._target(s, arg.strip())
+        t = self._target(s, arg.strip(SEPARATORS))
         if t is None:
             return
         if u.partner is t:
@@ -668,15 +702,21 @@ class Chat:
             )
         if t.partner is not None:
             return self._error(s, "busy", "%s is paired with someone else" % t.nick)
-        self._withdraw(u)
         self._reply(s, "OK pair " + t.nick)
+        if u.asked is t:
+            return  # asked already: t heard of it once, that is enough
+        self._withdraw(u, notify=True)  # a new request replaces the old one
         if t.asked is u:  # they asked first: now both have asked
             self._withdraw(t)
             u.partner = t
             t.partner = u
+            u.pair_ended = t.pair_ended = None
             self._reply(s, "PAIRED " + t.nick)
             self._tell(t, "PAIRED " + u.nick)
             self.log.info("%s and %s paired", t.nick, u.nick)
+            # Both are taken now: whoever else asked either of them is told.
+            self._decline_askers(u)
+            self._decline_askers(t)
         else:
             u.asked = t
             if t.askers is None:
@@ -684,6 +724,16 @@ class Chat:
             t.askers.add(u)
             self._tell(t, "PAIR-REQUEST " + u.nick)
             self.log.info("%s asks %s for a pair", u.nick, t.nick)
+
+    def _decline_askers(self, t):
+        """``t`` is paired: every pending request to it is declined."""
+        askers = t.askers
+        if not askers:
+            return
+        t.askers = None
+        for a in sorted(askers, key=lambda a: a.key):  # a stable order for the log
+            a.asked = None
+            self._tell(a, "UNPAIRED %s request declined" % t.nick)
 
     def _cmd_unpair(self, s, arg):
         u = s.user
@@ -693,10 +743,8 @@ class Chat:
             self._reply(s, "OK unpair " + t.nick)
         elif u.asked is not None:
             t = u.asked
-            self._withdraw(u)
             self._reply(s, "OK unpair " + t.nick)
-            # Without this, t would hold a stale PAIR-REQUEST.
-            self._tell(t, "UNPAIRED %s request withdrawn" % u.nick)
+            self._withdraw(u, notify=True)
         else:
             self._error(s, "not-paired", "you have no pair and no pair request")
 
@@ -704,18 +752,19 @@ class Chat:
         name, _, text = arg.partition(" ")
         t = self.users.get(name.lower())
         u = s.user
-        if t is not None and t is not u and text and not text.isspace():
+        if (t is not None and t is not u and text and text[0] not in SEPARATORS
+                and not text.isspace()):
             return self._send_private(u, t, text)
-        # Anything unusual takes the slow path, which says what is wrong.
-        name, _, text = arg.lstrip(" ").partition(" ")
-        if not name or not text.strip():
+        # Anything unusual takes the exact path, which says what is wrong.
+        name, text = split_word(arg)
+        if not name or not text or text.isspace():
             return self._error(s, "usage", "/msg NAME TEXT")
         t = self._target(s, name)
         if t is not None:
             self._send_private(u, t, text)
 
     def _cmd_all(self, s, arg):
-        if not arg.strip():
+        if not arg or arg.isspace():
             return self._error(s, "usage", "/all TEXT")
         self._send_all(s.user, arg)
 
@@ -731,8 +780,8 @@ class Chat:
         self._queue(s, data, len(lines))
 
     def _cmd_ping(self, s, arg):
-        token = arg.split()
-        self._reply(s, "PONG " + escape(token[0]) if token else "PONG")
+        token = split_word(arg)[0]
+        self._reply(s, "PONG " + _echo(token, 256) if token else "PONG")
 
     def _cmd_ack(self, s, arg):
         # Several ids may share one /ack: a client acknowledges at once all
@@ -760,11 +809,17 @@ class Chat:
             self._error(s, "no-such-message", "%s not awaiting your receipt" % " ".join(bad))
 
     def _cmd_help(self, s, arg):
-        for line in HELP:
-            self._reply(s, "OK help " + line)
+        lines = ["HELP " + line for line in HELP]
+        lines.append("OK help %d" % len(HELP))
+        if s.framed:
+            data = b"".join([encode_frame(line.encode()) for line in lines])
+        else:
+            lines.append("")
+            data = "\n".join(lines).encode()
+        self._queue(s, data, len(lines))
 
     def _cmd_quit(self, s, arg):
-        reason = escape(" ".join(arg.split()))
+        reason = _echo(" ".join(arg.split()), 200)
         self._reply(s, "BYE goodbye")
         self._close_after_flush(s, "quit: " + reason if reason else "quit")
 
@@ -772,18 +827,20 @@ class Chat:
 
     def _target(self, s, name):
         """The registered user ``name`` other than ``s``'s, or None after an ERR."""
-        if not name or " " in name:
+        if not name or split_word(name)[1]:
             self._error(s, "usage", "a nick is one word")
             return None
         t = self.users.get(name.lower())
         if t is None:
-            self._error(s, "no-such-user", "no user %s" % escape(name))
+            self._error(s, "no-such-user", "no user %s" % _echo(name, 32))
         elif t is s.user:
             self._error(s, "self", "that is you")
             t = None
         return t
 
     def _send_private(self, u, t, text):
+        if len(text) > self._quick_text_limit and self._too_long(u, text):
+            return
         msg_id = self._next_id
         self._next_id = msg_id + 1
         msg = Message(msg_id, u, t.nick, text)
@@ -796,6 +853,8 @@ class Chat:
         users = self.users
         if len(users) < 2:
             return self._error(u.conn, "no-recipients", "nobody else is here")
+        if len(text) > self._quick_text_limit and self._too_long(u, text):
+            return
         msg = Message(self._next_id, u, "*", text)
         self._next_id += 1
         if self._log_messages:
@@ -814,6 +873,15 @@ class Chat:
         if msg.pending == 0:
             self._summary(msg)
 
+    def _too_long(self, u, text):
+        """Refuse chat text over max-text bytes (the greeting's max-text)."""
+        size = len(text.encode())
+        if size <= self.max_text:
+            return False
+        self._error(u.conn, "too-long", "the text is %d bytes, over max-text=%d"
+                    % (size, self.max_text))
+        return True
+
     def _log_message(self, msg, text):
         if self._log_text:
             self.log.info("message %d %s -> %s: %s", msg.id, msg.sender.nick, msg.to, text)
@@ -823,17 +891,19 @@ class Chat:
     def _deliver(self, msg, t):
         """Queue ``msg`` to session ``t`` and remember it until ``t`` has it."""
         msg.pending += 1
-        if not t.live:
-            return self._failed(msg, t, t.closing or "left")
+        if not t.live:  # cut off in the middle of this very fan-out
+            code, text = self._unwritten(t, t.closing or "left")
+            return self._failed(msg, code, text)
         if t.framed:
             data = msg.frame()
             unacked = t.unacked
             if unacked is None:
                 unacked = t.unacked = {}
-            unacked[msg.id] = (msg, self.now)
+            unacked[msg.id] = (msg, self.now, t.enqueued + len(data))
             t.receipt_bytes += len(data) + RECEIPT_COST
             if len(unacked) > self.limits.max_unacked:
-                self._shed_oldest(t)
+                self._shed_oldest(t, "more than %d messages awaited its receipt"
+                                  % self.limits.max_unacked)
             self._queue(t, data)
         else:
             data = msg.line()
@@ -843,12 +913,22 @@ class Chat:
             t.receipt_bytes += len(data) + RECEIPT_COST
             self._queue(t, data)
 
-    def _shed_oldest(self, t):
-        """Give up the oldest message awaiting ``t``'s /ack."""
+    def _shed_oldest(self, t, why):
+        """Give up the oldest message awaiting ``t``'s /ack: it may have
+        been shown, it was never confirmed."""
         unacked = t.unacked
         msg = unacked.pop(next(iter(unacked)))[0]
         t.receipt_bytes -= len(msg._frame) + RECEIPT_COST
-        self._failed(msg, t, "no receipt")
+        self._failed(msg, "no-receipt", why)
+
+    def _unwritten(self, t, reason):
+        """The FAILED code and text for a message never written to ``t``,
+        which ends for ``reason``."""
+        if reason.startswith("slow consumer"):
+            return "slow-consumer", "cut off for not reading; never written"
+        if self.shutting_down:
+            return "shutdown", "the server stopped before writing it"
+        return "left", "left before it was written (%s)" % reason
 
     def _delivered(self, msg, t):
         msg.delivered += 1
@@ -860,13 +940,15 @@ class Chat:
         elif msg.pending == 0:
             self._summary(msg)
 
-    def _failed(self, msg, t, reason):
+    def _failed(self, msg, code, text):
+        """One recipient will not confirm ``msg``. NICK in the FAILED line
+        is the recipient as SENT named it, whatever it is called now."""
         msg.pending -= 1
-        self.log.info("message %d to %s failed: %s", msg.id, t.nick or t.peer, reason)
+        self.log.info("message %d to %s failed: %s %s", msg.id, msg.to, code, text)
         if msg.to != "*":
             snd = msg.sender.conn
             if snd is not None and snd.live:
-                self._reply(snd, "FAILED %d %s %s" % (msg.id, msg.to, reason))
+                self._reply(snd, "FAILED %d %s %s %s" % (msg.id, msg.to, code, text))
         elif msg.pending == 0:
             self._summary(msg)
 
@@ -882,28 +964,54 @@ class Chat:
         one by one (``no receipt``). A line-mode recipient has not taken a
         byte of them: it has stopped reading, and is cut off.
         """
+        why = "no receipt within %g s" % self.limits.receipt_timeout
         for s in list(self.sessions):
             unacked = s.unacked
             while unacked and next(iter(unacked.values()))[1] <= before:
-                self._shed_oldest(s)
+                self._shed_oldest(s, why)
             marks = s.marks
             if marks and marks[0][2] <= before and s.live:
                 self._doom(s, "slow consumer")
 
+    def _fail_held(self, s, reason):
+        """``s`` ends for ``reason``: whatever it still holds fails, with a
+        code that says whether any of it may have reached the peer."""
+        written = s.written
+        code, text = self._unwritten(s, reason)
+        maybe = "left without confirming it (%s)" % reason
+        marks, s.marks = s.marks, None
+        unacked, s.unacked = s.unacked, None
+        for end, msg, _ in marks or ():
+            if end - len(msg._line) < written:  # begun: part may be on screen
+                self._failed(msg, "no-receipt", maybe)
+            else:
+                self._failed(msg, code, text)
+        for msg, _, end in (unacked or {}).values():
+            if end - len(msg._frame) < written:
+                self._failed(msg, "no-receipt", maybe)
+            else:
+                self._failed(msg, code, text)
+
     # -------------------------------------------------------- pairs, presence
 
-    def _withdraw(self, u):
-        """Drop ``u``'s pending pair request, if any."""
+    def _withdraw(self, u, notify=False):
+        """Drop ``u``'s pending pair request, if any; with ``notify``, its
+        target hears of it, so that it holds no stale PAIR-REQUEST."""
         t = u.asked
         if t is not None:
             u.asked = None
             if t.askers:
                 t.askers.discard(u)
+            if notify:
+                self._tell(t, "UNPAIRED %s request withdrawn" % u.nick)
 
     def _unpair(self, u, reason):
         t = u.partner
         u.partner = None
         t.partner = None
+        # Text typed for the pair as it ends must not go to everyone.
+        u.pair_ended = t.nick
+        t.pair_ended = u.nick
         if not self.shutting_down:
             self._tell(t, "UNPAIRED %s %s" % (u.nick, reason))
         self.log.info("%s and %s unpaired (%s: %s)", u.nick, t.nick, u.nick, reason)
@@ -995,7 +1103,7 @@ class Chat:
         """``s`` holds more than max_queue though the server tried to write."""
         limit = self.limits.max_queue
         while s.unacked and s.held() > limit:
-            self._shed_oldest(s)
+            self._shed_oldest(s, "more than max-queue=%d bytes awaited its receipt" % limit)
         if s.held() > limit:
             self._doom(s, "slow consumer")
 
@@ -1072,16 +1180,12 @@ class Chat:
         s.out.clear()
         s.decoder = None
         s.receipt_bytes = 0
-        if s.marks:
-            marks, s.marks = s.marks, None
-            for _, msg, _ in marks:
-                self._failed(msg, s, reason)
-        if s.unacked:
-            unacked, s.unacked = s.unacked, None
-
-            for msg, _ in unacked.values():
-                self._failed(msg, s, reason)
+        if s.marks or s.unacked:
+            self._fail_held(s, reason)
         self.to_close.append(s)
 
 
-_GREETING_LINE = GREETING.encode() + b"\n"
+def _echo(text, limit):
+    """Client text the server says back (a ping token, an unknown command,
+    a quit reason): at most ``limit`` characters, escaped for terminals."""
+    return escape(text[:limit])

@@ -12,7 +12,7 @@ import pytest
 from tcpchat import chat as chat_mod
 from tcpchat.chat import Chat, Limits
 from tcpchat.framing import FrameDecoder, LineDecoder, encode_frame
-from tcpchat.protocol import COMMANDS, ERROR_CODES, GREETING, HELP, SERVER_KEYWORDS
+from tcpchat.protocol import COMMANDS, ERROR_CODES, HELP, SERVER_KEYWORDS, greeting
 
 
 class Client:
@@ -61,7 +61,7 @@ class Net:
         c = Client(self, s, framed)
         self.clients[s] = c
         self.pump()
-        assert c.read() == [GREETING]
+        assert c.read() == [greeting(self.chat.limits.max_line, self.chat.limits.max_frame)]
         if framed:
             c.send_raw(b"\x00")
         if nick:
@@ -184,7 +184,7 @@ def test_open_commands_before_nick(net):
     c.send("/help")
     got = c.read()
     assert got[0] == "PONG"
-    assert got[1:] == ["OK help " + line for line in HELP]
+    assert got[1:] == ["HELP " + line for line in HELP] + ["OK help %d" % len(HELP)]
     c.send(":quit:")
     assert c.read() == ["BYE goodbye"]
     assert c.closed
@@ -379,6 +379,13 @@ def test_unpair_tells_the_partner(net):
     a.send("/unpair")
     assert a.read() == ["OK unpair bob"]
     assert b.read() == ["UNPAIRED alice ended the pair"]
+    # The first plain text after the pair ended was meant for the pair:
+    # refused, not sent to everyone. The next one goes to everyone.
+    a.send("my password is hunter2")
+    assert a.read()[0].startswith("ERR not-paired your pair with bob has ended")
+    b.send("still there?")
+    assert b.read()[0].startswith("ERR not-paired your pair with alice has ended")
+    assert b.read() == [] and a.read() == []
     a.send("public again")
     assert b.read() == ["MSG 1 alice * public again"]
 
@@ -458,7 +465,7 @@ def test_unacked_cap_fails_the_oldest(net):
     for i in range(3):
         a.send("/msg bob m%d" % i)
     assert a.read() == ["SENT 1 bob 1", "SENT 2 bob 1", "SENT 3 bob 1",
-                        "FAILED 1 bob no receipt"]
+                        "FAILED 1 bob no-receipt more than 2 messages awaited its receipt"]
     b.send("/ack 2")
     b.send("/ack 3")
     assert a.read() == ["DELIVERED 2 bob", "DELIVERED 3 bob"]
@@ -471,7 +478,9 @@ def test_framed_recipient_leaving_fails_unacked(net):
     b.send("/ack 1")
     b.send("/quit")
     got = a.read()
-    assert "DELIVERED 1 bob" in got and "FAILED 2 bob quit" in got
+    # Written, never confirmed: the code says it may have been seen.
+    assert "DELIVERED 1 bob" in got
+    assert "FAILED 2 bob no-receipt left without confirming it (quit)" in got
 
 
 def test_sender_gone_is_fine(net):
@@ -500,7 +509,7 @@ def test_slow_consumer_is_dropped_and_senders_hear_failed():
     got = a.read()
     failed = [m for m in got if m.startswith("FAILED")]
     assert len(failed) == sent  # nothing was written to carol: all fail
-    assert failed[0].endswith("carol slow consumer")
+    assert failed[0].endswith("carol slow-consumer cut off for not reading; never written")
     assert "LEFT carol slow consumer" in got
     # Everyone else goes on.
     a.send("/msg bob still here")
@@ -849,7 +858,8 @@ def test_one_broadcast_one_summary_when_a_recipient_is_dropped_mid_fanout():
     got = a.read()
     summaries = [m for m in got if m.startswith("DELIVERED") and " * " in m]
     assert sorted(summaries) == ["DELIVERED 2 * 3", "DELIVERED 3 * 3"], got
-    assert [m for m in got if m.startswith("FAILED")] == ["FAILED 1 slow slow consumer"]
+    assert [m for m in got if m.startswith("FAILED")] == [
+        "FAILED 1 slow slow-consumer cut off for not reading; never written"]
 
 
 @pytest.mark.parametrize("word", ["\u00b2", "\u2460", "9" * 5000, "-1", "0x10", "1.0", "\uff11"])
@@ -927,7 +937,7 @@ def test_own_replies_pause_input_instead_of_dropping_a_reader():
     assert c.s.queued <= (1 << 16) // 2 + 2000  # paused at half the limit
     assert c.s.held_back == "output" and not c.s.reading
     got = c.read()
-    assert len(got) == 2000 * len(HELP) and not c.closed
+    assert len(got) == 2000 * (len(HELP) + 1) and not c.closed
 
 
 def test_receipt_timeout_fails_an_unacknowledged_message():
@@ -944,7 +954,7 @@ def test_receipt_timeout_fails_an_unacknowledged_message():
     n.later(31)
     # Bob is still connected, but the messages wait no longer; the summary
     # of the broadcast comes once carol has it and bob's receipt timed out.
-    assert a.read() == ["FAILED 1 bob no receipt", "DELIVERED 2 * 1"]
+    assert a.read() == ["FAILED 1 bob no-receipt no receipt within 60 s", "DELIVERED 2 * 1"]
     assert not b.closed
     b.send("/ack 1 2")
     assert b.read()[0].startswith("ERR no-such-message")
@@ -957,7 +967,7 @@ def test_a_stalled_line_reader_is_cut_off_after_the_receipt_timeout():
     a.send("/msg bob hello?")
     n.later(61)
     assert b.closed and b.s.closing == "slow consumer"
-    assert "FAILED 1 bob slow consumer" in a.read()
+    assert "FAILED 1 bob slow-consumer cut off for not reading; never written" in a.read()
 
 
 def test_a_reader_that_never_acks_holds_at_most_max_queue():
@@ -968,7 +978,7 @@ def test_a_reader_that_never_acks_holds_at_most_max_queue():
         b.read()  # reads everything, acks nothing
         assert b.s.held() <= 20000
     failed = [m for m in a.read() if m.startswith("FAILED")]
-    assert failed and all(m.endswith("no receipt") for m in failed)
+    assert failed and all(m.split()[3] == "no-receipt" for m in failed)
     assert not b.closed  # it reads: it is not a slow consumer
 
 
@@ -1050,7 +1060,7 @@ def test_input_before_registration_is_short():
     d.send("/nick dave")
     assert d.read() == ["OK nick dave"]
     d.send("/ping " + "y" * 3000)  # registered: the full --max-line applies
-    assert d.read() == ["PONG " + "y" * 3000]
+    assert d.read() == ["PONG " + "y" * 256]  # a token is echoed up to 256
 
 
 def test_a_long_frame_right_after_nick_in_one_write_is_fine():
@@ -1058,7 +1068,7 @@ def test_a_long_frame_right_after_nick_in_one_write_is_fine():
     c = n.connect(framed=True)
     big = "/ping " + "z" * 10000
     c.send_raw(encode_frame(b"/nick zed") + encode_frame(big.encode()))
-    assert c.read() == ["OK nick zed", "PONG " + "z" * 10000]
+    assert c.read() == ["OK nick zed", "PONG " + "z" * 256]
 
 
 def test_per_address_limit_with_exemptions():
@@ -1088,3 +1098,238 @@ def test_eof_after_commands_still_answers_them_all():
     got = c.read()
     assert got == ["PONG"] * 3000
     assert c.closed and c.s.graceful
+
+
+# ------------------------------------------------------------ protocol 1, exact
+
+
+def test_greeting_gives_the_limits_a_client_must_keep():
+    assert greeting(4096, 65536).startswith(
+        "HELLO tcpchat/1 max-line=4096 max-frame=65536 max-text=65408 Welcome")
+    n = Net(max_line=1000, max_frame=2048)
+    n.connect()  # connect() checks the greeting it got against these limits
+    assert n.chat.max_text == 2048 - 128
+
+
+def test_chat_text_over_max_text_is_refused_and_every_msg_frame_fits():
+    n = Net(max_frame=1024)
+    a = n.connect("alice", framed=True)
+    b = n.connect("bob", framed=True)
+    a.read()
+    a.send("/msg bob " + "x" * (1024 - 128 + 1))
+    assert a.read() == ["ERR too-long the text is 897 bytes, over max-text=896"]
+    assert not a.closed
+    longest = "\u00e9" * (896 // 2)  # two bytes each: exactly max-text bytes
+    a.send("/msg bob " + longest)
+    assert a.read() == ["SENT 1 bob 1"]
+    assert b.read() == ["MSG 1 alice bob " + longest]
+    # Even with the longest nicks and id the MSG frame is within max-frame.
+    assert len(("MSG %d %s %s " % (10 ** 19, "n" * 32, "m" * 32)).encode()) <= 128
+    a.send("/all " + "y" * 897)
+    assert a.read()[-1].startswith("ERR too-long ")
+
+
+def test_failed_codes_tell_never_written_from_maybe_seen():
+    n = Net()
+    a = n.connect("alice")
+    b = n.connect("bob", framed=True)
+    c = n.connect("carol", framed=True)
+    a.read(), b.read()
+    a.send("/msg bob seen")  # written to bob, never acked
+    assert b.read() == ["MSG 1 alice bob seen"]
+    c.stalled = True
+    n.chat.sent(c.s, 0)
+    a.send("/msg carol unseen")  # never written to carol
+    n.chat.disconnect(b.s, "connection lost: reset")
+    n.chat.disconnect(c.s, "connection lost: reset")
+    n.pump()
+    failed = [m for m in a.read() if m.startswith("FAILED")]
+    assert failed == [
+        "FAILED 1 bob no-receipt left without confirming it (connection lost: reset)",
+        "FAILED 2 carol left left before it was written (connection lost: reset)"]
+
+
+def test_outcomes_name_the_recipient_as_sent_named_it(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob before the rename")
+    assert a.read() == ["SENT 1 bob 1"]
+    b.send("/nick rob")
+    b.read()
+    assert a.read() == ["RENAMED bob rob"]
+    b.send("/ack 1")
+    assert a.read() == ["DELIVERED 1 bob"]
+
+
+def test_ack_errors_name_only_the_ids_at_fault(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob one")
+    b.read()
+    b.send("/ack 41 1 42")
+    assert b.read() == ["ERR no-such-message 41 42 not awaiting your receipt"]
+    assert a.read()[-1] == "DELIVERED 1 bob"
+
+
+def test_a_new_pair_request_withdraws_the_old_one_out_loud():
+    n = Net()
+    a, b, c = n.connect("alice"), n.connect("bob"), n.connect("carol")
+    for x in (a, b):
+        x.read()
+    a.send("/pair bob")
+    assert b.read() == ["PAIR-REQUEST alice"]
+    a.send("/pair carol")
+    assert a.read() == ["OK pair bob", "OK pair carol"]
+    assert b.read() == ["UNPAIRED alice request withdrawn"]
+    assert c.read() == ["PAIR-REQUEST alice"]
+    b.send("/pair alice")  # accepting a withdrawn request only asks anew
+    assert b.read() == ["OK pair alice"]
+    assert a.read() == ["PAIR-REQUEST bob"]
+
+
+def test_asking_again_sends_no_second_request(net):
+    a, b = two(net)
+    a.send("/pair bob")
+    a.send("/pair bob")
+    assert a.read() == ["OK pair bob", "OK pair bob"]
+    assert b.read() == ["PAIR-REQUEST alice"]
+
+
+def test_other_askers_hear_when_their_target_pairs():
+    n = Net()
+    a, b, c, d = (n.connect(x) for x in ("alice", "bob", "carol", "dave"))
+    for x in (a, b, c):
+        x.read()
+    c.send("/pair alice")
+    d.send("/pair alice")
+    b.send("/pair carol")  # carol is asked by bob, while carol asks alice
+    a.read(), b.read(), c.read(), d.read()
+    a.send("/pair carol")  # alice accepts carol
+    assert a.read() == ["OK pair carol", "PAIRED carol"]
+    assert c.read() == ["PAIRED alice"]
+    # dave asked alice, bob asked carol: both requests are gone, and said so.
+    assert d.read() == ["UNPAIRED alice request declined"]
+    assert b.read() == ["UNPAIRED carol request declined"]
+    d.send("/unpair")
+    assert d.read()[0].startswith("ERR not-paired ")
+
+
+def test_pair_text_never_goes_public_but_msg_and_all_do(net):
+    a, b = two(net)
+    c = net.connect("carol")
+    a.read(), b.read()
+    pair(a, b)
+    b.send("/quit")
+    a.read()
+    a.send("/all to everyone on purpose")
+    assert a.read()[0] == "SENT 1 * 1"
+    a.send("/msg carol direct")
+    assert a.read() == ["SENT 2 carol 1", "DELIVERED 2 carol"]
+    a.send("meant for bob")
+    assert a.read()[0].startswith("ERR not-paired your pair with bob has ended")
+    assert [m for m in c.read() if "meant for bob" in m] == []
+
+
+@pytest.mark.parametrize("line, reply", [
+    ("/nick\tbob", "OK nick bob"),
+    ("/NICK  \t bob", "OK nick bob"),
+    ("/nick bob\t", "OK nick bob"),
+])
+def test_tabs_and_runs_separate_words(net, line, reply):
+    c = net.connect()
+    c.send(line)
+    assert c.read() == [reply]
+
+
+def test_msg_text_keeps_its_spacing_after_the_separator_run(net):
+    a, b = two(net)
+    a.send("/msg\tbob \t  two  spaces inside, one after ")
+    assert b.read() == ["MSG 1 alice bob two  spaces inside, one after "]
+    a.send("/all   x  y")
+    assert b.read() == ["MSG 2 alice * x  y"]
+
+
+def test_unknown_command_is_echoed_as_sent(net):
+    a = net.connect("alice")
+    a.send("/Dance now")
+    assert a.read() == ["ERR unknown-command /Dance is not a command, try /help"]
+
+
+def test_blank_text_is_any_white_space(net):
+    a, b = two(net, framed_a=True)
+    for text in ("\n", " \t\r\n ", "\u3000", "/all \n", "/msg bob \t"):
+        a.send(text)
+        assert a.read()[0].startswith("ERR usage "), repr(text)
+    assert b.read() == []
+
+
+@pytest.mark.parametrize("line, reason", [
+    (":QUIT:", "quit"), (":quit: bye now", "quit: bye now"), ("  :Quit:  ", "quit"),
+])
+def test_quit_word_in_any_case_with_a_reason(net, line, reason):
+    a, b = two(net)
+    a.send(line)
+    assert a.read() == ["BYE goodbye"]
+    assert b.read() == ["LEFT alice " + reason]
+
+
+def test_quit_word_glued_to_text_is_chat(net):
+    a, b = two(net)
+    a.send(":quit:now")
+    assert b.read() == ["MSG 1 alice * :quit:now"]
+
+
+def test_who_keeps_join_order_across_renames(net):
+    a, b = two(net)
+    c = net.connect("carol")
+    a.send("/nick zed")
+    a.read()
+    c.send("/who")
+    assert c.read()[-4:] == ["USER zed free", "USER bob free", "USER carol free", "OK who 3"]
+
+
+def test_framed_text_with_blank_lines_and_crlf_to_a_line_user(net):
+    a, b = two(net, framed_a=True)
+    a.send("/msg bob one\r\n\r\nthree\rX")
+    assert b.read() == ["MSG 1 alice bob one", "MSG 1 alice bob ",
+                        "MSG 1 alice bob three^MX"]
+
+
+def test_every_message_gets_one_final_reply_in_order():
+    # The pipelining rule: OK, ERR, SENT, PONG or BYE answer each message
+    # in order; lines before a final reply (USER, HELP) and events
+    # (MSG, JOINED, DELIVERED ...) are not final replies; /ack is silent.
+    import random
+
+    rnd = random.Random(9)
+    for framed in (False, True):
+        n = Net()
+        a = n.connect("alice", framed=framed)
+        b = n.connect("bob", framed=True)
+        a.read()
+        sent = []
+        for i in range(200):
+            sent.append(rnd.choice([
+                "/msg bob hi %d" % i, "/all all %d" % i, "chat %d" % i, "/who", "/help",
+                "/ping t%d" % i, "/nick alice", "/msg nobody x", "/bogus", "/pair bob",
+                "/unpair", "/ack 999", "/ack", "/msg bob", "/nick 9bad"]))
+        data = b"".join((encode_frame(x.encode()) if framed else x.encode() + b"\n")
+                        for x in sent)
+        n.chat.receive(a.s, data)
+        got = a.read()
+        finals = [m for m in got if m.split()[0] in ("OK", "ERR", "SENT", "PONG", "BYE")]
+        assert len(finals) == len(sent), (len(finals), len(sent))
+        for command, reply in zip(sent, finals):
+            word = command.split()[0]
+            if word == "/msg" and command in ("/msg nobody x", "/msg bob"):
+                assert reply.startswith("ERR ")
+            elif word in ("/msg", "/all") or not command.startswith("/"):
+                assert reply.startswith("SENT "), (command, reply)
+            elif word == "/who":
+                assert reply.startswith("OK who ")
+            elif word == "/help":
+                assert reply == "OK help %d" % len(HELP)
+            elif word == "/ping":
+                assert reply == "PONG " + command.split()[1]
+            elif word in ("/bogus", "/ack") or command == "/nick 9bad":
+                assert reply.startswith("ERR "), (command, reply)
+            else:
+                assert reply.startswith(("OK ", "ERR ")), (command, reply)
