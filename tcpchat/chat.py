@@ -13,6 +13,8 @@ of its own (it is handed ``now`` and a logger):
          eof(session)                    the peer shut down its sending side
          sent(session, nbytes)           the shell tried to write session.out;
                                          the first nbytes left (0: none did)
+         session.transport_held = bytes  what the shell holds for it below the
+                                         protocol (TLS), counted in held()
          disconnect(session, reason)     the connection is gone
          work(now)                       act on input held back earlier
          expire(now)                     time passed (timeouts, drain bounds)
@@ -257,6 +259,7 @@ class Session:
         "eof",
         "tokens",
         "refilled_at",
+        "transport_held",
         "__weakref__",
     )
 
@@ -285,6 +288,7 @@ class Session:
         self.eof = False  # the peer will send nothing more
         self.tokens = 0.0  # rate-limit bucket, in units (see Fairness)
         self.refilled_at = now
+        self.transport_held = 0  # set by the shell: TLS state and ciphertext
 
     @property
     def nick(self):
@@ -298,9 +302,11 @@ class Session:
 
     def held(self):
         """Bytes the server holds for this connection (see Memory): its
-        unwritten output, and for each message it has yet to receive, the
-        message's encoded size and RECEIPT_COST of bookkeeping."""
-        return self.enqueued - self.written + CHUNK_COST * len(self.out) + self.receipt_bytes
+        unwritten output, for each message it has yet to receive the
+        message's encoded size and RECEIPT_COST of bookkeeping, and what the
+        shell holds below the protocol (``transport_held``: TLS)."""
+        return (self.enqueued - self.written + CHUNK_COST * len(self.out)
+                + self.receipt_bytes + self.transport_held)
 
     def __repr__(self):
         return "<Session %s %s %s queued=%d%s%s>" % (

@@ -53,6 +53,8 @@ __all__ = ["Session", "Client", "make_parser", "main"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6078
+#: The server's TLS port, the default with --tls (tcpchat.tls.DEFAULT_PORT).
+DEFAULT_TLS_PORT = 6079
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 1
@@ -503,6 +505,14 @@ class Client:
             sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         except OSError as exc:
             raise ConnectError(_reason(exc))
+        tls = None
+        if getattr(self.args, "tls", False):
+            from . import tls
+            try:
+                sock = tls.wrap_client(sock, host, self.args.tls_ca_file,
+                                       self.args.tls_fingerprint)
+            except tls.TLSClientError as exc:
+                raise ConnectError(str(exc))
         try:
             greeting, rest = self._read_greeting(sock)
         except OSError as exc:
@@ -514,7 +524,8 @@ class Client:
                 raise ConnectError("the server refused: %s" % escape(greeting[4:]))
             raise ConnectError("not a tcpchat server (it said %r)" % escape(greeting[:80]))
         sock.setblocking(False)
-        self.sock = sock
+        # Over TLS, "later" must look as it does on a plain socket to the loop.
+        self.sock = sock if tls is None else tls.ClientTLSSocket(sock)
         self.sel.register(sock, selectors.EVENT_READ, "socket")
         self.greeting = greeting
         self.outbuf += bytes((FRAMED_MARKER,))
@@ -860,8 +871,22 @@ def _seconds(text):
     return value
 
 
+def _fingerprint(text):
+    from .tls import parse_fingerprint
+    return parse_fingerprint(text)
+
+
+class _PortAction(argparse.Action):
+    """--port, remembering that it was given: --tls changes the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.port_given = True
+
+
 _port.__name__ = "port"  # argparse names the type in its error message
 _seconds.__name__ = "number of seconds"
+_fingerprint.__name__ = "SHA-256 fingerprint (64 hex digits, colons allowed)"
 
 
 def make_parser():
@@ -879,8 +904,21 @@ def make_parser():
     )
     parser.add_argument("--host", "--ip", default=DEFAULT_HOST, metavar="HOST",
                         help="server address (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                        help="server port (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=DEFAULT_PORT, action=_PortAction,
+                        help="server port (default: %%(default)s, or %d with --tls)"
+                        % DEFAULT_TLS_PORT)
+    parser.set_defaults(port_given=False)
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying the server's certificate against "
+                             "the system's CAs and the host name")
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument("--tls-ca-file", metavar="FILE",
+                       help="with TLS, trust the CA certificates in FILE (PEM) instead of "
+                            "the system's: a private CA; implies --tls")
+    trust.add_argument("--tls-fingerprint", type=_fingerprint, metavar="SHA256",
+                       help="with TLS, trust exactly the certificate with this SHA-256 "
+                            "fingerprint (a self-signed one), checking neither CA nor "
+                            "host name; implies --tls")
     parser.add_argument("--nick", help="register with this nick at once "
                                        "(otherwise the client asks for one)")
     parser.add_argument("--pair", metavar="NICK",
@@ -906,8 +944,18 @@ def _unicode_ok():
     return encoding in ("utf8", "utf_8")
 
 
+def resolve_tls(args):
+    """--tls-ca-file and --tls-fingerprint imply --tls; --tls without
+    --port means the server's TLS port."""
+    if args.tls_ca_file or args.tls_fingerprint is not None:
+        args.tls = True
+    if args.tls and not args.port_given:
+        args.port = DEFAULT_TLS_PORT
+    return args
+
+
 def main(argv=None):
-    args = make_parser().parse_args(argv)
+    args = resolve_tls(make_parser().parse_args(argv))
     style = Style(color=_use_color(args, os.environ), unicode=_unicode_ok())
     term = open_terminal(history_path())
     client = Client(args, term, style)
