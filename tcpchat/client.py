@@ -900,7 +900,8 @@ def make_parser():
                "at its end the client waits up to --wait seconds for the outcome of every "
                "message. Exit status: 0 done (with piped input: every message delivered); "
                "1 piped input with a message not delivered or a request refused; 2 bad "
-               "options; 3 cannot connect, or the server went away.",
+               "options; 3 cannot connect (a TLS certificate refused too), or the server "
+               "went away.",
     )
     parser.add_argument("--host", "--ip", default=DEFAULT_HOST, metavar="HOST",
                         help="server address (default: %(default)s)")

@@ -245,6 +245,7 @@ def test_spec_ships_the_dropins_as_documentation():
     line = re.search(r"^%doc packaging/tls-.*$", spec, re.M)
     assert line, "the spec does not ship the TLS drop-ins"
     assert sorted(line.group(0).split()[1:]) == sorted("packaging/" + d for d in DROPINS)
-    rpm_check = read(ROOT / ".ci" / "rpm")
-    for name in DROPINS:
-        assert name.replace(".", "\\.") in rpm_check
+    if (ROOT / ".ci" / "rpm").exists():  # not in the sdist the RPM builds from
+        rpm_check = read(ROOT / ".ci" / "rpm")
+        for name in DROPINS:
+            assert name.replace(".", "\\.") in rpm_check

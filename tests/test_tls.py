@@ -516,3 +516,34 @@ def test_the_pages_state_the_tls_figures_the_code_uses():
             "must be at least %d" % MIN_QUEUE in text, name
         assert "%d KiB for" % (CONNECTION_COST // 1024) in text, name
         assert "most %d handshake steps" % HANDSHAKES_PER_PASS in text, name
+
+
+def test_a_full_server_says_so_inside_tls(pair, ca):
+    with TLSServer(*pair, "--max-clients", "1") as srv:
+        alice = srv.connect(nick="alice")
+        late = srv.connect_tls(ca.client_context())
+        assert late.greeting.startswith("ERR server-full ")
+        assert late.expect_closed() == []
+        alice.send("/ping ok")
+        assert alice.expect("PONG") == "PONG ok"
+
+
+def test_tls_benchmark_runs(tmp_path):
+    # bench/ is in the checkout only (not in an sdist); tiny sizes, no timing.
+    if not os.path.isfile(os.path.join(REPO, "bench", "tls.py")):
+        pytest.skip("bench/ is not in this tree (an sdist)")
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    raw = tmp_path / "tls.json"
+    p = subprocess.run([sys.executable, "-m", "bench.tls", "--tiny", "--json", str(raw)],
+                       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    for row in ("server CPU us/msg", "connects/s", "RSS KiB per idle connection"):
+        assert row in p.stdout
+    import json
+    results = json.loads(raw.read_text())["results"]
+    assert {(r["scenario"], r["tls"]) for r in results} == {
+        ("throughput", False), ("throughput", True), ("connections", False),
+        ("connections", True)}
+    assert all(r["ok"] for r in results)
