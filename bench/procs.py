@@ -46,7 +46,7 @@ class ServerProcess:
     writes its statistics there when it exits on SIGTERM.
     """
 
-    def __init__(self, kind, profile=None, start_timeout=15.0):
+    def __init__(self, kind, profile=None, start_timeout=15.0, extra=()):
         self.kind = kind
         argv = [PY]
         if profile:
@@ -54,6 +54,7 @@ class ServerProcess:
         argv += SERVER_COMMANDS[kind]
         if kind == "tcpchat":
             argv += ["--log-level", TCPCHAT_LOG_LEVEL]
+        argv += list(extra)  # e.g. bench/tls.py's TLS options
         self.log = collections.deque(maxlen=200)
         self._port_seen = threading.Event()
         self.port = None
