@@ -25,6 +25,7 @@ bytes between it and the kernel, keeps the clock, and handles signals:
 import argparse
 import errno
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -32,7 +33,7 @@ import sys
 import time
 from itertools import islice
 
-from . import __version__, logs
+from . import __version__, logs, state
 from .chat import Chat, Limits, Session, parse_exemptions
 
 __all__ = ["make_parser", "main", "Server"]
@@ -105,9 +106,12 @@ def tune_keepalive(sock, seconds):
 class Server:
     """The event loop. ``serve_forever`` returns when shut down by a signal."""
 
-    def __init__(self, chat, host=DEFAULT_HOST, port=DEFAULT_PORT, keepalive=0):
+    def __init__(self, chat, host=DEFAULT_HOST, port=DEFAULT_PORT, keepalive=0,
+                 restart_on_stop=False):
         self.chat = chat
         self.keepalive = keepalive
+        # With a state file, SIGTERM is a restart: users are kept (see main).
+        self.restart_on_stop = restart_on_stop
         self.selector = selectors.DefaultSelector()
         self.listener = self._listen(host, port)
         self.address = format_address(*self.listener.getsockname()[:2])
@@ -239,7 +243,7 @@ class Server:
                     len(chat.sessions),
                 )
                 self._stop_listening()
-                chat.shutdown(now)
+                chat.shutdown(now, restarting=self.restart_on_stop)
                 self._flush()
                 stop_by = now + chat.limits.drain_time
                 next_tick = now + min(TICK, 0.05)
@@ -524,6 +528,14 @@ def _positive_int(text):
     return value
 
 
+def _frame_size(text):
+    value = int(text)
+    if value < 512:
+        # max-text is --max-frame minus 128 (protocol.MSG_HEADROOM).
+        raise argparse.ArgumentTypeError("must be at least 512")
+    return value
+
+
 def _seconds(text):
     value = float(text)
     if value <= 0:
@@ -573,8 +585,9 @@ def make_parser():
                    help="connections at once; one more gets ERR server-full")
     p.add_argument("--max-line", type=_positive_int, default=d.max_line, metavar="BYTES",
                    help="longest line-mode message")
-    p.add_argument("--max-frame", type=_positive_int, default=d.max_frame, metavar="BYTES",
-                   help="largest framed message")
+    p.add_argument("--max-frame", type=_frame_size, default=d.max_frame, metavar="BYTES",
+                   help="largest frame, both ways (at least 512); chat text may be "
+                   "128 bytes less (max-text)")
     p.add_argument("--max-queue", type=_positive_int, default=d.max_queue, metavar="BYTES",
                    help="unwritten output per connection before it is dropped as a slow consumer")
     p.add_argument("--max-unacked", type=_positive_int, default=d.max_unacked, metavar="N",
@@ -602,6 +615,14 @@ def make_parser():
     p.add_argument("--exempt-address", type=_network, action="append", metavar="CIDR",
                    help="an address or network exempt from --max-per-address; repeatable; "
                    "giving it replaces the default list (127.0.0.1 and ::1)")
+    p.add_argument("--resume-time", type=_seconds_or_off, default=d.resume_time,
+                   metavar="SECONDS", help="how long a user whose connection was lost "
+                   "stays away, nick and pair kept and messages held, for /resume; "
+                   "0 turns resume off")
+    p.add_argument("--state-file", metavar="PATH",
+                   help="on SIGTERM or SIGINT save users, pairs and undelivered messages "
+                   "here and say BYE server restarting; load them at start, so clients "
+                   "resume after a restart")
     p.add_argument("--log-file", metavar="PATH", help="also log to this file")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"),
@@ -616,7 +637,10 @@ def make_parser():
 
 
 def main(argv=None):
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.state_file and not args.resume_time:
+        parser.error("--state-file needs resume: --resume-time more than 0")
     logs.configure(args.log_level, args.log_file,
                    None if args.no_syslog else args.syslog_address)
     raise_open_files_limit(args.max_clients)
@@ -633,22 +657,69 @@ def main(argv=None):
         receipt_timeout=args.receipt_timeout,
         max_per_address=args.max_per_address,
         exempt=tuple(args.exempt_address) if args.exempt_address else None,
+        resume_time=args.resume_time,
     )
     chat = Chat(limits, logging.getLogger("tcpchat.chat"), log_text=not args.no_log_text)
     try:
-        server = Server(chat, args.host, args.port, keepalive=args.keepalive)
+        server = Server(chat, args.host, args.port, keepalive=args.keepalive,
+                        restart_on_stop=bool(args.state_file))
     except (OSError, UnicodeError) as e:
         log.error("cannot listen on %s: %s", format_address(args.host, args.port),
                   e.strerror if isinstance(e, OSError) and e.strerror else e)
         logs.flush()
         return 1
+    if args.state_file:
+        load_state(chat, args.state_file)
     server.install_signal_handlers()
     log.info("tcpchat-server %s listening on %s", __version__, server.address)
     logs.flush()  # now, not after the first pass: supervisors wait for it
     server.serve_forever()
+    status = 0
+    if args.state_file and not save_state(chat, args.state_file):
+        status = 1
     log.info("stopped")
     logs.flush()
-    return 0
+    return status
+
+
+def load_state(chat, path):
+    """Take back what the last planned stop saved; the file is used once
+    (a crash later must not bring back state from before it)."""
+    try:
+        data = state.load(path)
+    except state.StateError as e:
+        try:
+            aside = state.set_aside(path)
+        except OSError as e2:
+            aside = "nowhere (%s)" % (e2.strerror or e2)
+        log.warning("state file %s unusable (%s): set aside as %s; starting empty",
+                    path, e, aside)
+        return
+    if data is None:
+        log.info("no state file at %s: starting empty", path)
+        return
+    users, messages = chat.restore(data, time.monotonic())
+    try:
+        os.unlink(path)
+    except OSError as e:
+        log.warning("cannot remove %s after loading it: %s", path, e.strerror or e)
+    log.info("restored %d users and %d messages from %s; they may resume for %g s",
+             users, messages, path, chat.limits.resume_time)
+
+
+def save_state(chat, path):
+    started = time.monotonic()
+    data = chat.snapshot()
+    try:
+        size = state.save(path, data)
+    except OSError as e:
+        log.error("cannot save the state to %s: %s; %d users lose their sessions",
+                  path, e.strerror or e, len(data["users"]))
+        return False
+    log.info("state saved to %s: %d users, %d messages, %d bytes in %.0f ms",
+             path, len(data["users"]), len(data["messages"]), size,
+             (time.monotonic() - started) * 1000)
+    return True
 
 
 if __name__ == "__main__":

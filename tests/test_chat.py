@@ -51,6 +51,9 @@ class Client:
 
 class Net:
     def __init__(self, **limits):
+        # Resume has its own tests; elsewhere a lost connection is a user
+        # who leaves, as with --resume-time 0.
+        limits.setdefault("resume_time", 0)
         self.chat = Chat(Limits(**limits), logging.getLogger("test.chat"))
         self.clients = {}
         self.port = 40000
