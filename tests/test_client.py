@@ -754,18 +754,87 @@ def server():
 
 
 @pytest.fixture
-def run_client(tmp_path, server):
+def start_client(tmp_path):
+    """Start tcpchat-client in a pty, on a given port; closed after the test."""
     started = []
 
-    def start(*args, env=None, port=None, trampoline=TRAMPOLINE):
-        c = PtyClient(server.port if port is None else port, *args,
-                      env=env or client_env(tmp_path), trampoline=trampoline)
+    def start(port, *args, env=None, trampoline=TRAMPOLINE):
+        c = PtyClient(port, *args, env=env or client_env(tmp_path), trampoline=trampoline)
         started.append(c)
         return c
 
     yield start
     for c in started:
         c.close()
+
+
+@pytest.fixture
+def run_client(server, start_client):
+    """Start tcpchat-client in a pty, on the real server's port by default."""
+
+    def start(*args, port=None, **kwargs):
+        return start_client(server.port if port is None else port, *args, **kwargs)
+
+    return start
+
+
+class FakeServer:
+    """The test plays the server: to send exactly what a test needs (a
+    greeting with limits, FAILED codes, no answer at all) and to see the
+    exact frames the client sends. One client; every wait has a deadline."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.listener.settimeout(TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.conn = None
+        self.buf = b""
+
+    def accept(self, greeting=NEW_GREETING):
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(TIMEOUT)
+        self.conn.sendall(greeting.encode() + b"\n")
+        assert self._take(1) == b"\x00"  # the client speaks framed mode
+
+    def _take(self, n):
+        deadline = time.monotonic() + TIMEOUT
+        while len(self.buf) < n:
+            assert time.monotonic() < deadline, "the client sent too little"
+            chunk = self.conn.recv(65536)
+            assert chunk, "the client hung up"
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def next_frame(self):
+        n = struct.unpack(">I", self._take(4))[0]
+        return self._take(n).decode()
+
+    def send(self, *messages):
+        self.conn.sendall(b"".join(struct.pack(">I", len(m.encode())) + m.encode()
+                                   for m in messages))
+
+    def register(self, nick, *others):
+        """Answer the client's /nick and its /who on arrival."""
+        assert self.next_frame() == "/nick " + nick
+        self.send("OK nick " + nick)
+        assert self.next_frame() == "/who"
+        users = ["USER %s free" % n for n in others + (nick,)]
+        self.send(*users + ["OK who %d" % len(users)])
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def fake():
+    f = FakeServer()
+    yield f
+    f.close()
 
 
 def assert_cooked(mode):
@@ -1170,50 +1239,187 @@ def test_piped_empty_input_leaves_at_once(server, tmp_path):
     assert time.monotonic() - started < TIMEOUT
 
 
-def test_one_ack_for_all_messages_shown_from_one_read(tmp_path):
-    """The test plays the server, to see the exact frames the client sends."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.settimeout(TIMEOUT)
-    port = listener.getsockname()[1]
+def test_one_ack_for_all_messages_shown_from_one_read(tmp_path, fake):
     client = subprocess.Popen(
-        [sys.executable, "-m", "tcpchat.client", "--port", str(port), "--nick", "ci",
+        [sys.executable, "-m", "tcpchat.client", "--port", str(fake.port), "--nick", "ci",
          "--wait", "1"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=client_env(tmp_path), cwd=REPO)
-    conn = None
     try:
-        conn, _ = listener.accept()
-        conn.settimeout(TIMEOUT)
-        conn.sendall(b"HELLO tcpchat/1 test server\n")
-        buf = b""
-
-        def next_frame():
-            nonlocal buf
-            deadline = time.monotonic() + TIMEOUT
-            while True:
-                if len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
-                    n = struct.unpack(">I", buf[:4])[0]
-                    payload, buf = buf[4:4 + n], buf[4 + n:]
-                    return payload.decode()
-                assert time.monotonic() < deadline, "no frame from the client"
-                chunk = conn.recv(4096)
-                assert chunk, "the client hung up"
-                buf += chunk
-
-        assert conn.recv(1) == b"\x00"
-        assert next_frame() == "/nick ci"
-
-        def frame(text):
-            return struct.pack(">I", len(text)) + text.encode()
-
-        conn.sendall(frame("OK nick ci") + b"".join(
-            frame("MSG %d bob ci hi %d" % (i, i)) for i in (7, 8, 9)))
-        assert next_frame() == "/ack 7 8 9"
+        fake.accept(OLD_GREETING)
+        assert fake.next_frame() == "/nick ci"
+        fake.send("OK nick ci", *["MSG %d bob ci hi %d" % (i, i) for i in (7, 8, 9)])
+        assert fake.next_frame() == "/ack 7 8 9"
     finally:
-        if conn is not None:
-            conn.close()
-        listener.close()
         client.kill()
         client.communicate()
+
+
+def test_pending_until_the_server_answers_then_the_mark_changes_in_place(
+        fake, start_client):
+    alice = start_client(fake.port, "--nick", "alice", "--no-color")
+    fake.accept()
+    fake.register("alice")
+    alice.expect("Nobody else is here yet.")
+    alice.type("anyone there?\r")
+    assert fake.next_frame() == "anyone there?"
+    # A server that does not answer: the message is visibly pending.
+    screen = alice.expect_row_above_prompt("[all] alice: anyone there?  \u2026")
+    assert screen.cursor_line() == ("alice>", "alice> ")
+    fake.send("SENT 7 * 2")
+    alice.expect_row_above_prompt("[all] alice: anyone there?  sent")
+    fake.send("DELIVERED 7 * 2")
+    screen = alice.expect_row_above_prompt("[all] alice: anyone there?  \u2713 2")
+    assert [row for row in screen.lines() if "anyone there?" in row] == [
+        screen.lines()[screen.row - 1]]  # one line, typed text included
+
+    # A failure in place, in words from its code.
+    alice.type("/msg bob two\r")
+    assert fake.next_frame() == "/msg bob two"
+    fake.send("SENT 8 bob 1", "FAILED 8 bob left bob quit")
+    alice.expect_row_above_prompt(
+        "[private] alice \u2192 bob: two  \u2717 bob left before it arrived")
+
+    # Lines in between: the outcome comes as a line that names the message.
+    alice.type("/msg bob three\r")
+    assert fake.next_frame() == "/msg bob three"
+    fake.send("SENT 9 bob 1", "MSG 3 carol * meanwhile")
+    alice.expect("[all] carol: meanwhile")
+    assert fake.next_frame() == "/ack 3"
+    fake.send("FAILED 9 bob no-receipt no receipt in time")
+    screen = alice.expect_row_above_prompt(
+        '? "three" to bob: may have been seen, not confirmed')
+    assert [row for row in screen.lines() if "three  sent" in row]
+    alice.type("\x04")
+    assert fake.next_frame() == "/quit"
+    fake.send("BYE goodbye")
+    assert alice.wait() == 0
+
+
+def test_limits_from_the_greeting_and_pair_text_sent_as_msg(fake, start_client):
+    alice = start_client(fake.port, "--nick", "alice", "--no-color")
+    fake.accept("HELLO tcpchat/1 max-line=4096 max-frame=300 max-text=100 Hi.")
+    fake.register("alice", "bob")
+    alice.expect("1 other here: bob.")
+    alice.type("x" * 101 + "\r")
+    alice.expect("it is 101 bytes; this server takes at most 100 bytes of text")
+    fake.send("PAIRED bob")
+    alice.expect("You are paired with bob")
+    alice.expect_cursor("alice\u2192bob>", "alice\u2192bob> ")
+    alice.type("secret\r")
+    # The long line never went; text for the partner goes as /msg.
+    assert fake.next_frame() == "/msg bob secret"
+    fake.send("SENT 4 bob 1", "DELIVERED 4 bob")
+    alice.expect_row_above_prompt("[pair] alice: secret  \u2713")
+    fake.send("UNPAIRED bob request withdrawn")  # bob's pair ended
+    alice.expect("Your pair with bob ended: request withdrawn.")
+    alice.type("hello?\r")
+    assert fake.next_frame() == "hello?"
+    fake.send("ERR not-paired your pair with bob ended; send it again to send to everyone")
+    alice.expect_row_above_prompt(
+        "hello?  \u2717 your pair with bob ended; send it again to send to everyone")
+    alice.type("\x04")
+    assert fake.next_frame() == "/quit"
+    fake.send("BYE goodbye")
+    assert alice.wait() == 0
+
+
+def test_a_withdrawn_pair_request_is_not_told_as_a_broken_pair(server, run_client):
+    carol = server.connect(nick="carol")
+    alice = server.connect(nick="alice")
+    bob = run_client("--nick", "bob", "--no-color")
+    bob.expect("bob> ")
+    # alice asks first; bob pairs with carol instead; then alice gives up.
+    alice.send("/pair bob")
+    bob.expect("alice asks to pair with you")
+    carol.send("/pair bob")
+    bob.expect("carol asks to pair")
+    bob.type("/pair carol\r")
+    bob.expect("You are paired with carol")
+    alice.send("/unpair")
+    bob.expect("alice no longer asks to pair with you: request withdrawn.")
+    bob.expect_cursor("bob\u2192carol>", "bob\u2192carol> ")
+    assert "ended" not in bob.text()
+    bob.type("\x03")
+    assert bob.wait() == 0
+
+
+def test_attention_highlights_and_rings_once_unless_no_bell(server, run_client):
+    bob = server.connect(nick="bob")
+    alice = run_client("--nick", "alice")
+    alice.expect("1 other here: ")
+    quiet = run_client("--nick", "carol", "--no-bell")
+    quiet.expect("2 others here: ")
+    alice.expect("carol joined.")
+    quiet.expect("carol> ")
+    for wire, seen, rings in (("/all hello everyone", "hello everyone", False),
+                              ("/all is Alice around?", "around?", True),
+                              ("/all malice and alice2", "alice2", False),
+                              ("/msg alice psst", "psst", True),
+                              ("/pair alice", "asks to pair", True)):
+        bob.send(wire)
+        alice.expect(seen)
+        if rings:
+            alice.expect("\x07")  # rung once the line is shown
+    alice.type("/ping sync\r")
+    alice.expect("pong sync")
+    # One bell after each line that wants attention, none after the others.
+    after = alice.text().split("\x07")
+    assert len(after) == 4
+    assert "around?" in after[0] and "alice2" not in after[0]
+    assert "alice2" in after[1] and "psst" in after[1]
+    assert "asks to pair" in after[2]
+    assert "\x1b[7mAlice\x1b[0m" in alice.raw.decode()
+    bob.send("/msg carol psst")
+    bob.send("/all carol?")
+    quiet.expect("carol?")
+    quiet.type("/ping sync\r")
+    quiet.expect("pong sync")
+    assert b"\x07" not in quiet.raw and "\x1b[7;35m[private]" in quiet.raw.decode()
+    for c in (alice, quiet):
+        c.type("\x03")
+        assert c.wait() == 0
+
+
+def test_help_is_what_a_person_types_and_the_server_is_not_asked(server, run_client):
+    alice = run_client("--nick", "alice", "--no-color")
+    alice.expect("alice> ")
+    alice.type("/help\r")
+    shown = alice.expect("Ctrl-C clears the line.")
+    assert "/msg NICK TEXT" in shown and "/pair NICK" in shown
+    assert "clients send it themselves" not in alice.text()  # the server's /help
+    alice.type("\x04")
+    assert alice.wait() == 0
+
+
+def test_ascii_marks_where_the_locale_is_not_utf8(server, run_client, tmp_path):
+    bob = server.connect(nick="bob")
+    alice = run_client("--nick", "alice", "--no-color", env=client_env(tmp_path, LC_ALL="C"))
+    alice.expect("alice> ")
+    alice.type("/msg bob hi\r")
+    assert bob.expect("MSG ").endswith(" alice bob hi")
+    alice.expect_row_above_prompt("[private] alice -> bob: hi  ok")
+    alice.type("\x04")
+    assert alice.wait() == 0
+    assert "\u2713" not in alice.text() and "\u2192" not in alice.text()
+
+
+def test_two_clients_at_once_both_keep_their_history(server, run_client, tmp_path):
+    history = tmp_path / "state" / "tcpchat" / "history"
+    history.parent.mkdir(parents=True)
+    history.write_text("/ping older\n")
+    first = run_client("--nick", "alice", "--no-color")
+    second = run_client("--nick", "bob", "--no-color")
+    first.expect("alice> ")
+    second.expect("bob> ")
+    first.type("/ping from-alice\r")
+    second.type("/ping from-bob\r")
+    first.expect("pong from-alice")
+    second.expect("pong from-bob")
+    first.type("\x04")
+    assert first.wait() == 0
+    second.type("\x04")
+    assert second.wait() == 0
+    assert history.read_text().splitlines() == ["/ping older", "/ping from-alice",
+                                                "/ping from-bob"]
+    assert history.stat().st_mode & 0o077 == 0
