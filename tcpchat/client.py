@@ -294,8 +294,11 @@ class Session:
         word = word.lower()
         first = stripped.split(" ", 1)[0].lower()
         if first in ("/quit", ":quit:"):  # tcpchat(7): ":quit:" in any case
+            # Sent as /quit: a server older than that rule would broadcast
+            # ":QUIT: bye" as chat instead of ending the session.
             self.leaving = True
-            return [], self._command(stripped)
+            reason = stripped[len(first):].strip()
+            return [], self._command(("/quit " + reason).rstrip())
         if line.startswith("//"):
             return self._chat(line, line[1:], None, None, when)
         if not line.startswith("/"):
@@ -720,7 +723,7 @@ class Client:
         self.term = term
         self.interactive = term.interactive
         self.session = Session(style, args.nick, args.pair, self.interactive,
-                               bell=not getattr(args, "no_bell", False))
+                               bell=not args.no_bell)
         self.clock = clock
         self.sock = None
         self.decoder = FrameDecoder(MAX_SERVER_FRAME)
@@ -735,7 +738,8 @@ class Client:
         self.eof_deadline = None  # piped mode: wait for outcomes until then
         self.done = False
         self.lost = None  # why the connection ended, if the server ended it
-        self.interrupts = 0
+        self.interrupts = 0  # Ctrl-C presses not acted on yet
+        self.terminated = False  # SIGTERM or SIGHUP: leave, whatever is typed
         self.resized = False
         self.suspended = False
         self.prompt = None
@@ -977,8 +981,10 @@ class Client:
             self.resized = True
         elif signum == signal.SIGTSTP:
             self.suspended = True
-        else:
+        elif signum == signal.SIGINT:
             self.interrupts += 1
+        else:
+            self.terminated = True
 
     def _handle_signals(self):
         if self.suspended:
@@ -991,6 +997,12 @@ class Client:
             resize = getattr(self.term, "resize", None)
             if resize is not None:
                 resize()
+        if self.terminated:
+            self.terminated = False
+            if self.quitting_at is not None:
+                self.done = True
+            else:
+                self._quit()
         while self.interrupts:
             self.interrupts -= 1
             if self.quitting_at is not None:

@@ -392,10 +392,11 @@ def test_pair_state_follows_renames_and_unpairing():
     assert texts(show) == ["09:05:07 You ended the pair with bob."]
 
 
-@pytest.mark.parametrize("word", ["/quit", "/QUIT see you", ":quit:", ":QUIT: bye"])
-def test_leaving_is_a_plain_goodbye(word):
+@pytest.mark.parametrize("word, wire", [("/quit", "/quit"), ("/QUIT see you", "/quit see you"),
+                                        (":quit:", "/quit"), (":QUIT: bye", "/quit bye")])
+def test_leaving_is_a_plain_goodbye(word, wire):
     s = session()
-    assert s.user_line(word, WHEN)[1] == [word]
+    assert s.user_line(word, WHEN)[1] == [wire]
     assert s.leaving
     show, _ = s.server_message("BYE goodbye", WHEN)
     assert s.bye and s.settled()
@@ -542,11 +543,14 @@ def client_env(tmp_path, **extra):
 class Screen:
     """Just enough of a terminal to see what a person would see: the
     cursor motions and erasures readline uses (CR, LF, BS, CSI A B C D K J
-    P @, SGR and modes ignored), one cell per character, two for wide."""
+    P @, SGR and modes ignored), one cell per character, two for wide.
+    With ``columns``, text wraps at the right edge as xterm's does: the
+    cursor waits in the last column until one more character comes."""
 
     CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z@])|\x1b(.)", re.S)
 
-    def __init__(self, data):
+    def __init__(self, data, columns=None):
+        self.columns = columns
         self.rows = [[]]
         self.row = self.col = 0
         text = data.decode("utf-8", "replace")
@@ -578,13 +582,19 @@ class Screen:
             elif ch < " ":
                 continue
             else:
+                width = display_width(ch)
+                if self.columns and self.col + width > self.columns:
+                    self.row += 1
+                    self.col = 0
                 line = self._line()
-                cells = [ch] + [""] * (display_width(ch) - 1)
+                cells = [ch] + [""] * (width - 1)
                 line[self.col:self.col + len(cells)] = cells
                 self.col += len(cells)
 
     def _csi(self, params, final):
         n = int(params) if params.isdigit() else 1
+        if self.columns:
+            self.col = min(self.col, self.columns - 1)  # a motion ends a pending wrap
         if final == "A":
             self.row = max(0, self.row - n)
         elif final == "B":
@@ -615,10 +625,11 @@ class Screen:
 class PtyClient:
     """tcpchat-client on a pseudo-terminal; we hold the master side."""
 
-    def __init__(self, port, *args, env, trampoline=TRAMPOLINE):
+    def __init__(self, port, *args, env, trampoline=TRAMPOLINE, columns=None):
         self.master, slave = os.openpty()
-        # Wide enough that no line of ours wraps.
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+        # By default wide enough that no line of ours wraps.
+        self.columns = columns
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns or 200, 0, 0))
         self.proc = subprocess.Popen(
             [sys.executable, "-c", trampoline, "--port", str(port)] + list(args),
             stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO,
@@ -685,7 +696,7 @@ class PtyClient:
         after ``left_of_cursor``, as a person would see it."""
         deadline = time.monotonic() + timeout
         while True:
-            screen = Screen(self.raw)
+            screen = Screen(self.raw, self.columns)
             if screen.cursor_line() == (line, left_of_cursor):
                 return screen
             if not self._read(deadline) and time.monotonic() >= deadline:
@@ -697,7 +708,7 @@ class PtyClient:
         printed) ends with ``ending``, as a person would see it."""
         deadline = time.monotonic() + timeout
         while True:
-            screen = Screen(self.raw)
+            screen = Screen(self.raw, self.columns)
             rows = screen.lines()
             if screen.row >= 1 and rows[screen.row - 1].endswith(ending):
                 return screen
@@ -758,8 +769,9 @@ def start_client(tmp_path):
     """Start tcpchat-client in a pty, on a given port; closed after the test."""
     started = []
 
-    def start(port, *args, env=None, trampoline=TRAMPOLINE):
-        c = PtyClient(port, *args, env=env or client_env(tmp_path), trampoline=trampoline)
+    def start(port, *args, env=None, trampoline=TRAMPOLINE, columns=None):
+        c = PtyClient(port, *args, env=env or client_env(tmp_path), trampoline=trampoline,
+                      columns=columns)
         started.append(c)
         return c
 
@@ -877,6 +889,27 @@ def test_half_typed_line_and_cursor_survive_an_incoming_message(server, run_clie
     assert alice.wait() == 0
 
 
+def test_in_a_narrow_terminal_a_wrapped_message_is_still_one_line(server, run_client):
+    bob = server.connect(framed=True, nick="bob")
+    alice = run_client("--nick", "alice", "--no-color", columns=40)
+    alice.expect("1 other here: bob.")
+    alice.expect("alice> ")
+    text = "a message long enough to wrap, twice, at forty columns"
+    alice.type("/msg bob " + text + "\r")  # 2 rows as typed, 3 as shown
+    msg_id = bob.expect("MSG ").split(" ")[1]
+    alice.expect("sent")
+    bob.send("/ack " + msg_id)
+    screen = alice.expect_row_above_prompt("  \u2713")
+    first = max(i for i, row in enumerate(screen.lines()) if "[private]" in row)
+    shown = "".join("".join(cells) for cells in screen.rows[first:screen.row])
+    assert re.fullmatch(r"\d\d:\d\d:\d\d \[private\] alice \u2192 bob: %s  \u2713" % text,
+                        shown)
+    assert screen.lines()[first - 1].endswith("1 other here: bob.")  # untouched above
+    assert screen.cursor_line() == ("alice>", "alice> ")
+    alice.type("\x04")
+    assert alice.wait() == 0
+
+
 def test_tab_completes_a_nick_in_the_terminal(server, run_client):
     bob = server.connect(nick="bob")
     alice = run_client("--nick", "alice", "--no-color")
@@ -948,6 +981,17 @@ def test_ctrl_c_clears_a_half_typed_line_and_leaves_on_an_empty_one(server, run_
     alice.type("\x03")
     alice.expect("You left the chat.")
     assert alice.wait() == 0
+
+
+def test_sigterm_leaves_even_with_a_half_typed_line(server, run_client):
+    alice = run_client("--nick", "alice", "--no-color")
+    alice.expect("alice> ")
+    alice.type("half typed")
+    alice.expect("half typed")
+    alice.proc.send_signal(signal.SIGTERM)  # the client itself: the trampoline exec'd it
+    alice.expect("You left the chat.")
+    assert alice.wait() == 0
+    assert_cooked(alice.termios())
 
 
 def test_nick_is_asked_for_when_not_given(server, run_client):
