@@ -704,13 +704,16 @@ class PtyClient:
                     screen.cursor_line(), (line, left_of_cursor), "\n".join(screen.lines())))
 
     def expect_row_above_prompt(self, ending, timeout=TIMEOUT):
-        """Wait until the row right above the input line (the last thing
-        printed) ends with ``ending``, as a person would see it."""
+        """Wait until the row right above an empty input line (the last
+        thing printed) ends with ``ending``, and the prompt is drawn again
+        after it, as a person would see it."""
         deadline = time.monotonic() + timeout
         while True:
             screen = Screen(self.raw, self.columns)
             rows = screen.lines()
-            if screen.row >= 1 and rows[screen.row - 1].endswith(ending):
+            if screen.row >= 1 and rows[screen.row - 1].endswith(ending) and \
+                    screen.cursor_line()[1].endswith("> ") and \
+                    screen.cursor_line()[0] == screen.cursor_line()[1].rstrip():
                 return screen
             if not self._read(deadline) and time.monotonic() >= deadline:
                 raise AssertionError("the row above the prompt does not end with %r:\n%s"
@@ -1439,7 +1442,7 @@ def test_help_is_what_a_person_types_and_the_server_is_not_asked(server, run_cli
 def test_ascii_marks_where_the_locale_is_not_utf8(server, run_client, tmp_path):
     bob = server.connect(nick="bob")
     alice = run_client("--nick", "alice", "--no-color", env=client_env(tmp_path, LC_ALL="C"))
-    alice.expect("alice> ")
+    alice.expect("1 other here: bob.")
     alice.type("/msg bob hi\r")
     assert bob.expect("MSG ").endswith(" alice bob hi")
     alice.expect_row_above_prompt("[private] alice -> bob: hi  ok")
