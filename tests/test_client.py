@@ -1470,3 +1470,53 @@ def test_two_clients_at_once_both_keep_their_history(server, run_client, tmp_pat
     assert history.read_text().splitlines() == ["/ping older", "/ping from-alice",
                                                 "/ping from-bob"]
     assert history.stat().st_mode & 0o077 == 0
+
+
+def _readme_section(title):
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("\n## %s\n" % title)
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def test_readme_quick_start_runs_what_exists():
+    from tcpchat.client import DEFAULT_HOST, DEFAULT_PORT
+    from tcpchat.server import make_parser as server_parser
+    commands = [line.strip() for line in _readme_section("Quick start").splitlines()
+                if line.startswith("    ")]
+    server_line, activate, client_line, nc_line = commands
+    # Terminal 1 installs and starts the server in the foreground, defaults only.
+    assert server_line.startswith("python3 -m venv .venv && . .venv/bin/activate && ")
+    assert server_line.endswith(" && tcpchat-server")
+    server_parser().parse_args([])
+    # Terminal 2: the same environment, then the client.
+    assert activate == ". .venv/bin/activate"
+    words = client_line.split()
+    assert words[0] == "tcpchat-client"
+    args = make_parser().parse_args(words[1:])
+    assert (args.host, args.port, args.nick) == (DEFAULT_HOST, DEFAULT_PORT, "alice")
+    # Terminal 3: nc to where the server listens by default.
+    assert nc_line == "nc %s %d" % (DEFAULT_HOST, DEFAULT_PORT)
+
+
+def test_readme_session_shows_the_lines_the_client_draws():
+    from tcpchat.render import message_mark, outcome_line, own_line
+    session_text = _readme_section("Client")
+    style = Style(color=False)
+
+    def at(stamp):
+        h, m, s = map(int, stamp.split(":"))
+        return time.struct_time((2026, 11, 21, h, m, s, 5, 325, 0))
+
+    expected = [
+        own_line(at("10:49:44"), "alice", "pair", "bob", "hi bob!",
+                 message_mark("delivered", style), style),
+        own_line(at("10:49:52"), "alice", "private", "zed", "psst",
+                 message_mark("failed", style, reason="no user zed"), style),
+        own_line(at("10:49:55"), "alice", "everyone", "*", "back in 5",
+                 message_mark("sent", style), style),
+        outcome_line(at("10:49:57"), "delivered", "back in 5", "*", style, got=4, total=4),
+    ]
+    for line in expected:
+        assert "\n    %s\n" % line in session_text, line
