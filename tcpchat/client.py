@@ -229,6 +229,9 @@ class Session:
         self.max_frame = DEFAULT_MAX_FRAME
         self.max_text = DEFAULT_MAX_FRAME - HEADER_ROOM
         self.server_params = {}
+        # SESSION TOKEN SECONDS (issue 10): kept for resuming, never shown.
+        self.resume_token = None
+        self.resume_seconds = None
         self._setup = 0  # --nick / --pair requests not answered yet
         self.errors = 0  # ERR answers to what we sent (piped mode's status)
         self.undelivered = 0  # messages that failed, wholly or in part
@@ -605,6 +608,12 @@ class Session:
             who.first.append((nick, state))
         return [], []
 
+    def _on_session(self, msg, when):
+        token, seconds = msg.fields
+        self.resume_token = token or None
+        self.resume_seconds = int(seconds) if seconds.isdigit() else None
+        return [], []
+
     def _on_pong(self, msg, when):
         self._answered()
         return self._sentence(msg, when), []
@@ -666,6 +675,7 @@ class Session:
         "USER": "_on_user",
         "PONG": "_on_pong",
         "BYE": "_on_bye",
+        "SESSION": "_on_session",
         "PAIR-REQUEST": "_on_pair_request",
         "PAIRED": "_on_paired",
         "UNPAIRED": "_on_unpaired",

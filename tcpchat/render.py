@@ -39,6 +39,7 @@ __all__ = [
     "own_line",
     "outcome_line",
     "failure_reason",
+    "MAYBE_SEEN",
     "notice_line",
     "quote",
     "rejected_line",
@@ -156,6 +157,9 @@ _FIXED_FIELDS = {
     "PAIRED": 1,
     "UNPAIRED": 1,  # UNPAIRED NICK REASON
     "USER": 2,  # USER NICK STATE
+    "AWAY": 1,  # AWAY NICK: connection lost, may come back (resume)
+    "BACK": 1,  # BACK NICK
+    "SESSION": 2,  # SESSION TOKEN SECONDS: a secret, never shown
     "HELP": 0,  # HELP TEXT, one line of the server's /help
     "PONG": 0,
     "BYE": 0,
@@ -579,6 +583,12 @@ def event_sentence(msg, partner=None, request=None):
                 "info")
     if k == "USER":
         return ("  %s (%s)" % (f[0], f[1]), "info")
+    if k == "AWAY":
+        return ("%s is away (connection lost), and may be back." % f[0], "info")
+    if k == "BACK":
+        return ("%s is back." % f[0], "info")
+    if k == "SESSION":
+        return None  # the resume token is a secret: not for the screen
     if k == "PONG":
         return (("pong %s" % text).rstrip(), "info")
     if k == "BYE":

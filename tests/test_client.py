@@ -110,6 +110,19 @@ def test_who_is_here_in_a_crowd_and_alone():
         "09:05:07 Nobody else is here yet."]
 
 
+def test_a_resume_token_is_kept_and_never_shown():
+    # Issue 10's server sends it before OK nick; resuming is not built yet.
+    s = Session(Style(color=False), nick="alice")
+    s.start()
+    assert s.server_message("SESSION s3cr3t-T0ken 120", WHEN) == ([], [])
+    assert (s.resume_token, s.resume_seconds) == ("s3cr3t-T0ken", 120)
+    show, send = s.server_message("OK nick alice", WHEN)
+    assert texts(show) == ["09:05:07 You are alice."] and send == ["/who"]
+    assert texts(s.server_message("AWAY bob", WHEN)[0]) == [
+        "09:05:07 bob is away (connection lost), and may be back."]
+    assert texts(s.server_message("BACK bob", WHEN)[0]) == ["09:05:07 bob is back."]
+
+
 def test_accepting_a_pair_request_does_not_claim_to_wait():
     s = session()
     s.server_message("PAIR-REQUEST bob", WHEN)
