@@ -533,10 +533,10 @@ class Session:
 
     def _on_err(self, msg, when):
         code = msg.fields[0]
-        if code in ("no-such-message", "timeout", "server-full"):
+        if code in ("no-such-message", "timeout", "server-full", "too-many-connections"):
             # Not an answer to a queued request: an /ack's own error (its
             # ids are the first words of the text), or the server giving up
-            # on us.
+            # on us or turning us away.
             return [Line(rejected_line(when, None, code, msg.text, self.style))], []
         req = self._answered()
         self.errors += 1

@@ -225,6 +225,7 @@ def test_errors_are_matched_to_the_request_they_answer():
     # An /ack's error names its ids and answers no queued request.
     show, _ = s.server_message("ERR no-such-message 41 42 not awaiting your receipt", WHEN)
     assert texts(show) == ["09:05:07 Error: 41 42 not awaiting your receipt [no-such-message]"]
+    s.server_message("ERR timeout no /nick in time", WHEN)  # not an answer either
     show, _ = s.server_message("ERR no-such-user no user zed", WHEN)
     assert texts(show) == ["09:05:07 Not done: /pair zed: no user zed [no-such-user]"]
     show, _ = s.server_message("ERR no-such-user no user zed", WHEN)
