@@ -67,6 +67,9 @@ class ServerProcess:
                  argv=None, ready=LISTENING):
         self.kind = kind
         self.log = collections.deque(maxlen=200)
+        # Its warnings and errors (a client cut off, say), which a busy log
+        # at info would push out of ``log`` at once.
+        self.warnings = collections.deque(maxlen=50)
         self.port = None
         self.syslog = None
         self.log_file = None
@@ -135,6 +138,10 @@ class ServerProcess:
                 head = head[-4096:]
             lines = chunk[-8192:].decode("utf-8", "replace").splitlines()
             self.log.extend(lines[-20:])
+            if b" WARNING " in chunk or b" ERROR " in chunk:
+                self.warnings.extend(
+                    line.decode("utf-8", "replace") for line in chunk.splitlines()
+                    if b" WARNING " in line or b" ERROR " in line)
         self._port_seen.set()  # it exited: stop waiting
 
     @property

@@ -404,6 +404,8 @@ class Runner:
                     flooder = flooders[0].reply(timeout)
                     by = bystanders[0].reply(timeout)
                     read = [lp.reply(timeout) for lp in readers]
+                    # Before the clients go (and the server warns of each).
+                    warnings = list(srv.warnings)
                     try:
                         cpu1, peak = srv.cpu_seconds(), srv.peak_rss_kib()
                     except OSError:
@@ -438,6 +440,8 @@ class Runner:
             "flood_answered_per_s": flooder["answered"] / duration,
             "flooder_dropped_s": flooder["dropped_at"],
             "flooder_last_line": flooder["last_line"],
+            # What the server said about it: why it cut someone off.
+            "server_warnings": warnings[-10:],
             "bystanders_dropped": by["dropped"],
             # Seconds from SIGTERM to exit; None: killed after flood_stop.
             "stop_s": stop_s if exited else None,
