@@ -60,7 +60,7 @@ class ServerProcess:
     ``profile`` set to a file name, the server runs under cProfile and writes
     its statistics there when it exits on SIGTERM. ``argv`` and ``ready``
     start something else (miniircd): its command line, and a pattern whose
-    first group is the port it listens on, matched in its output.
+    last group is the port it listens on, matched in its output.
     """
 
     def __init__(self, kind, variant="defaults", profile=None, start_timeout=15.0,

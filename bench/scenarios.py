@@ -13,6 +13,7 @@ import os
 import time
 
 from bench import miniircd
+from tcpchat.protocol import HELP
 from bench.procs import (BenchError, BenchSkip, LoadProcess, RssSampler, ServerProcess,
                          run_all)
 
@@ -47,12 +48,12 @@ BASELINES = ("relay", "asyncio", "threads", "miniircd")
 ONLY_THROUGHPUT = ("tcpchat/line-syslog", "miniircd")
 #: The flood scenario: tcpchat in line mode, as installed.
 FLOOD_TARGETS = ("tcpchat/line",)
-#: Flood variants: what the flooder sends, and the reply that counts one as
-#: answered. "SOMEONE" is a well-behaved reader's nick.
+#: Flood variants: what the flooder sends, the reply line it counts, and how
+#: many of those answer one command. "SOMEONE" is a well-behaved reader.
 FLOODS = collections.OrderedDict([
-    ("all", ("/all x", "SENT ")),
-    ("msg", ("/msg SOMEONE x", "SENT ")),
-    ("help", ("/help", "OK help /nick ")),
+    ("all", ("/all x", "SENT ", 1)),
+    ("msg", ("/msg SOMEONE x", "SENT ", 1)),
+    ("help", ("/help", "OK help ", len(HELP))),
 ])
 
 #: Sizes and durations (seconds) of a run. "quick" is under a minute (two
@@ -376,7 +377,7 @@ class Runner:
         plan = self.plan
         n = plan["flood_readers"]
         duration, drain = plan["flood_duration"], plan["flood_drain"]
-        command, answer = FLOODS[variant]
+        command, answer, per_command = FLOODS[variant]
         count = -(-n // FLOOD_READERS_PER_LOAD)
         timeout = duration + drain + 60
         with self._server(target) as srv:
@@ -437,7 +438,7 @@ class Runner:
             "peak_rss_mib": peak / 1024,
             "sampled_rss_mib": (rss.max_kib() or 0) / 1024,
             "flood_sent_per_s": flooder["sent_lines"] / duration,
-            "flood_answered_per_s": flooder["answered"] / duration,
+            "flood_answered_per_s": flooder["answered"] / per_command / duration,
             "flooder_dropped_s": flooder["dropped_at"],
             "flooder_last_line": flooder["last_line"],
             # What the server said about it: why it cut someone off.
