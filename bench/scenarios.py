@@ -53,7 +53,7 @@ FLOOD_TARGETS = ("tcpchat/line",)
 FLOODS = collections.OrderedDict([
     ("all", ("/all x", "SENT ", 1)),
     ("msg", ("/msg SOMEONE x", "SENT ", 1)),
-    ("help", ("/help", "OK help ", len(HELP))),
+    ("help", ("/help", "OK help ", 1)),
 ])
 
 #: Sizes and durations (seconds) of a run. "quick" is under a minute (two
