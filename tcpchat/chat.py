@@ -74,9 +74,12 @@ Rules that keep it honest:
 """
 
 import collections
+import hashlib
 import heapq
+import hmac
 import ipaddress
 import logging
+import secrets
 
 from .escaping import escape
 from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
@@ -95,8 +98,9 @@ from .protocol import (
 __all__ = ["Limits", "Chat", "Session", "User", "Message", "parse_exemptions"]
 
 #: Units of one connection's input acted on per loop pass (see Fairness).
-#: At about 1.5 us a unit, a pass spends at most a few ms on one client.
-PASS_BUDGET = 1024
+#: At a few us a unit (a queued message and its share of a write), a pass
+#: spends a few ms at most on one client, however fast it sends.
+PASS_BUDGET = 256
 #: Bytes a message, command or frame may have before its sender registers:
 #: /nick, /ping and /help are short, and a connection that has not said who
 #: it is should not make the server hold 64 KiB for it.
@@ -126,6 +130,7 @@ class Limits:
         "receipt_timeout",
         "max_per_address",
         "exempt",
+        "resume_time",
     )
 
     def __init__(
@@ -138,10 +143,11 @@ class Limits:
         register_timeout=60.0,  # seconds from connect to a successful /nick
         presence_limit=256,  # registered users up to which all see presence
         drain_time=2.0,  # seconds a closing connection gets to flush
-        rate=50000,  # units a second per connection (see Fairness); 0: no limit
+        rate=20000,  # units a second per connection (see Fairness); 0: no limit
         receipt_timeout=60.0,  # seconds a recipient may hold a message; 0: none
         max_per_address=16,  # connections from one address; 0: no limit
         exempt=None,  # networks exempt from max_per_address
+        resume_time=120.0,  # seconds a user is kept away for /resume; 0: none
     ):
         self.max_clients = max_clients
         self.max_line = max_line
@@ -155,6 +161,7 @@ class Limits:
         self.receipt_timeout = receipt_timeout
         self.max_per_address = max_per_address
         self.exempt = parse_exemptions(("127.0.0.1", "::1")) if exempt is None else exempt
+        self.resume_time = resume_time
 
 
 def parse_exemptions(texts):
@@ -163,14 +170,34 @@ def parse_exemptions(texts):
 
 
 class User:
-    """A registered nick: who it is, whom it is paired with, where it is."""
+    """A registered nick: who it is, whom it is paired with, where it is.
 
-    __slots__ = ("nick", "key", "conn", "partner", "asked", "askers", "pair_ended")
+    A user outlives its connection: when the connection is lost without
+    /quit, the user is *away* (``conn`` is None) for the resume window,
+    keeps its nick and its pair, and the messages for it are held until it
+    comes back with ``/resume`` on a new connection, or the window ends.
+    """
+
+    __slots__ = (
+        "nick",
+        "key",
+        "conn",
+        "partner",
+        "asked",
+        "askers",
+        "pair_ended",
+        "token",
+        "away_until",
+        "old",
+        "held",
+        "held_bytes",
+        "told",
+    )
 
     def __init__(self, nick, conn):
         self.nick = nick
         self.key = nick.lower()  # nicks are unique ignoring case
-        self.conn = conn  # its Session
+        self.conn = conn  # its Session; None while away
         self.partner = None  # the User it is paired with
         self.asked = None  # the User it sent a pending pair request to
         self.askers = None  # Users with a pending pair request to it
@@ -178,9 +205,19 @@ class User:
         # chat text: that text was most likely meant for the pair, so it is
         # refused rather than sent to everyone.
         self.pair_ended = None
+        self.token = None  # SHA-256 of its resume token: the token is never kept
+        self.away_until = None  # while away: when the resume window ends
+        self.old = None  # its lost connection while that still drains
+        self.held = None  # deque of Messages held for it while away, oldest first
+        self.held_bytes = 0  # what ``held`` costs, counted against max_queue
+        self.told = None  # outcome lines of its own messages, kept while away
+
+    @property
+    def away(self):
+        return self.conn is None and self.away_until is not None
 
     def __repr__(self):
-        return "<User %s>" % self.nick
+        return "<User %s%s>" % (self.nick, " away" if self.away else "")
 
 
 class Message:
@@ -259,6 +296,7 @@ class Session:
         "eof",
         "tokens",
         "refilled_at",
+        "quitting",
         "transport_held",
         "__weakref__",
     )
@@ -288,6 +326,7 @@ class Session:
         self.eof = False  # the peer will send nothing more
         self.tokens = 0.0  # rate-limit bucket, in units (see Fairness)
         self.refilled_at = now
+        self.quitting = False  # it said /quit: its user leaves for good
         self.transport_held = 0  # set by the shell: TLS state and ciphertext
 
     @property
@@ -322,7 +361,7 @@ class Session:
 class Chat:
     """The whole chat's state, driven by the I/O shell. See the module doc."""
 
-    def __init__(self, limits=None, logger=None, log_text=True):
+    def __init__(self, limits=None, logger=None, log_text=True, new_token=None):
         self.limits = limits or Limits()
         self.log = logger or logging.getLogger("tcpchat.null")
         if logger is None:
@@ -341,6 +380,11 @@ class Chat:
         self.input_changed = []
         self.to_close = []
         self.backlog = {}  # Session -> None: input left over for the next pass
+        self.tokens = {}  # SHA-256 of a resume token -> User
+        self.away = collections.OrderedDict()  # User -> None, by when its window ends
+        # Makes resume tokens; at least 128 bits from ``secrets`` (192 here).
+        self._new_token = new_token or (lambda: secrets.token_urlsafe(24))
+        self.restarting = False  # shutting down to come back (--state-file)
         self._throttled = []  # heap of (when, seq, Session): waiting for tokens
         self._throttle_seq = 0
         self._doomed = []
@@ -365,6 +409,7 @@ class Chat:
             "/ping": self._cmd_ping,
             "/ack": self._cmd_ack,
             "/help": self._cmd_help,
+            "/resume": self._cmd_resume,
             "/quit": self._cmd_quit,
         }
 
@@ -495,6 +540,8 @@ class Chat:
             self._close_after_flush(s, "registration timeout")
         if self.limits.receipt_timeout:
             self._expire_receipts(now - self.limits.receipt_timeout)
+        if self.away:
+            self._expire_away(now)
         closing = self.closing
         while closing:
             s = next(iter(closing))
@@ -505,15 +552,133 @@ class Chat:
                 self._finish(s, s.closing + " (output not drained)")
         self._reap()
 
-    def shutdown(self, now):
-        """Tell everyone the server is going; each closes once flushed."""
+    def shutdown(self, now, restarting=False):
+        """Tell everyone the server is going; each closes once flushed.
+
+        Stopping for good, every sender first hears what becomes of its
+        messages still on their way (FAILED, code shutdown or no-receipt),
+        then BYE: nothing is left silent. Restarting (the shell saves the
+        state), users are kept away instead, and what they hold is kept.
+        """
         self.now = now
         self.shutting_down = True
+        self.restarting = restarting
+        if restarting:
+            farewell, reason = "BYE server restarting", "server restarting"
+        else:
+            farewell, reason = "BYE server shutting down", "server shutting down"
+            for s in list(self.sessions):
+                if s.marks or s.unacked:
+                    self._abandon(s)
+            for u in list(self.away):
+                self._leave(u, reason, "shutdown")
         for s in list(self.sessions):
             if s.live:
-                self._reply(s, "BYE server shutting down")
-                self._close_after_flush(s, "server shutting down")
+                self._reply(s, farewell)
+                self._close_after_flush(s, reason)
         self._reap()
+
+    def _abandon(self, s):
+        """The server stops for good: every message ``s`` has not confirmed
+        fails now. One not yet begun is taken out of the output, so that it
+        is never written after its sender was told it never was."""
+        unbegun = {}
+        for _, msg, _ in s.marks or ():
+            unbegun[id(msg._line)] = msg
+        for msg, _, _ in (s.unacked or {}).values():
+            unbegun[id(msg._frame)] = msg
+        s.marks = s.unacked = None
+        s.receipt_bytes = 0
+        kept = collections.deque()
+        for chunk in s.out:
+            # The first chunk may be a memoryview of a message begun: kept.
+            msg = unbegun.pop(id(chunk), None)
+            if msg is None:
+                kept.append(chunk)
+            else:
+                self._failed(msg, "shutdown", "the server stopped before writing it")
+        s.out = kept
+        s.enqueued = s.written + sum(len(chunk) for chunk in kept)
+        for msg in unbegun.values():  # written, at least in part
+            self._failed(msg, "no-receipt", "the server stopped before it was confirmed")
+
+    # ------------------------------------------------------------ restarts
+
+    def snapshot(self):
+        """What a restart must keep, as plain data for tcpchat.state: the
+        users (all away by now), their pairs and requests, the messages
+        held for them, the outcomes not yet told, and the next message id.
+        Tokens only as their SHA-256."""
+        messages = {}
+        users = []
+        for u in self.roster:
+            held = list(u.held or ())
+            for msg in held:
+                messages[msg.id] = msg
+            users.append({
+                "nick": u.nick,
+                "token": u.token.hex() if u.token is not None else None,
+                "partner": u.partner.nick if u.partner is not None else None,
+                "asked": u.asked.nick if u.asked is not None else None,
+                "held": [msg.id for msg in held],
+                "told": list(u.told or ()),
+            })
+        return {
+            "next_id": self._next_id,
+            "users": users,
+            "messages": [
+                {"id": m.id, "from": m.sender.nick, "to": m.to, "text": m.text,
+                 "delivered": m.delivered}
+                for m in sorted(messages.values(), key=lambda m: m.id)
+            ],
+        }
+
+    def restore(self, data, now):
+        """Take back a snapshot: every user away, for a resume window
+        counted from now. Returns (users, messages) restored."""
+        self.now = now
+        self._next_id = max(self._next_id, data["next_id"])
+        users = {}
+        for entry in data["users"]:
+            u = User(entry["nick"], None)
+            if entry["token"]:
+                u.token = bytes.fromhex(entry["token"])
+                self.tokens[u.token] = u
+            u.away_until = now + self.limits.resume_time
+            u.told = list(entry["told"]) or None
+            users[u.key] = u
+            self.users[u.key] = u
+            self.roster[u] = None
+            self.away[u] = None
+        for entry in data["users"]:
+            u = users[entry["nick"].lower()]
+            partner = users.get((entry["partner"] or "").lower())
+            if partner is not None:
+                u.partner = partner
+            asked = users.get((entry["asked"] or "").lower())
+            if asked is not None:
+                u.asked = asked
+                if asked.askers is None:
+                    asked.askers = set()
+                asked.askers.add(u)
+        messages = {}
+        for entry in data["messages"]:
+            sender = users.get(entry["from"].lower())
+            if sender is None:  # it left before the restart: outcomes go nowhere
+                sender = User(entry["from"], None)
+            msg = Message(entry["id"], sender, entry["to"], entry["text"])
+            msg.delivered = entry["delivered"]
+            messages[msg.id] = msg
+        for entry in data["users"]:
+            u = users[entry["nick"].lower()]
+            for msg_id in entry["held"]:
+                msg = messages[msg_id]
+                msg.pending += 1
+                if u.held is None:
+                    u.held = collections.deque()
+                u.held.append(msg)
+                u.held_bytes += RECEIPT_COST + _text_size(msg.text)
+        return len(users), len(messages)
 
     # ------------------------------------------------------------- input
 
@@ -681,6 +846,7 @@ class Chat:
             self.roster[user] = None
             # Registered: from now on a message may be as long as the limits say.
             s.decoder.set_limit(self.limits.max_frame if s.framed else self.limits.max_line)
+            self._send_session(s, user)
             self._reply(s, "OK nick " + name)
             self.log.info("%s registered as %s", s.peer, name)
             self._presence(user, "JOINED " + name)
@@ -718,7 +884,7 @@ class Chat:
             t.partner = u
             u.pair_ended = t.pair_ended = None
             self._reply(s, "PAIRED " + t.nick)
-            self._tell(t, "PAIRED " + u.nick)
+            self._tell_now(t, "PAIRED " + u.nick)
             self.log.info("%s and %s paired", t.nick, u.nick)
             # Both are taken now: whoever else asked either of them is told.
             self._decline_askers(u)
@@ -728,7 +894,7 @@ class Chat:
             if t.askers is None:
                 t.askers = set()
             t.askers.add(u)
-            self._tell(t, "PAIR-REQUEST " + u.nick)
+            self._tell_now(t, "PAIR-REQUEST " + u.nick)
             self.log.info("%s asks %s for a pair", u.nick, t.nick)
 
     def _decline_askers(self, t):
@@ -776,7 +942,8 @@ class Chat:
 
     def _cmd_who(self, s, arg):
         users = self.roster
-        lines = ["USER %s %s" % (u.nick, "free" if u.partner is None else "paired") for u in users]
+        lines = ["USER %s %s" % (u.nick, "away" if u.conn is None else
+                                 "free" if u.partner is None else "paired") for u in users]
         lines.append("OK who %d" % len(users))
         if s.framed:
             data = b"".join([encode_frame(line.encode()) for line in lines])
@@ -826,8 +993,82 @@ class Chat:
 
     def _cmd_quit(self, s, arg):
         reason = _echo(" ".join(arg.split()), 200)
+        s.quitting = True  # for good: no resume
         self._reply(s, "BYE goodbye")
         self._close_after_flush(s, "quit: " + reason if reason else "quit")
+
+    # ------------------------------------------------------------ resume
+
+    def _send_session(self, s, u):
+        """A new single-use resume token for ``u``, told as SESSION."""
+        if not self.limits.resume_time:
+            return
+        token = self._new_token()
+        digest = hashlib.sha256(token.encode()).digest()
+        if u.token is not None:
+            self.tokens.pop(u.token, None)
+        u.token = digest
+        self.tokens[digest] = u
+        self._reply(s, "SESSION %s %d" % (token, self.limits.resume_time))
+
+    def _void_token(self, u):
+        if u.token is not None:
+            self.tokens.pop(u.token, None)
+            u.token = None
+
+    def _user_for_token(self, token):
+        """The user a resume token belongs to, or None.
+
+        Looked up by its SHA-256, then compared in constant time: neither
+        the lookup nor the comparison tells an attacker how close a guess
+        came. The token itself is never kept, logged or saved.
+        """
+        if not token or len(token) > 256 or not token.isascii():
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        u = self.tokens.get(digest)
+        if u is None or u.token is None or not hmac.compare_digest(u.token, digest):
+            return None
+        return u
+
+    def _cmd_resume(self, s, arg):
+        if s.user is not None:
+            return self._error(s, "usage", "/resume is for a new connection, before /nick")
+        if not self.limits.resume_time:
+            return self._error(s, "bad-token", "this server does not keep sessions")
+        u = self._user_for_token(split_word(arg)[0])
+        if u is None:
+            return self._error(s, "bad-token", "unknown, used or expired token; "
+                               "register with /nick NAME")
+        # A connection of the user's still here is a half-open one (the
+        # client saw it die first): it is replaced, and what it held moves
+        # to the new one. So is a lost connection still draining.
+        for old in (u.conn, u.old):
+            if old is not None and not old.gone:
+                u.conn = None
+                self._doom(old, "replaced by a resumed session")
+                self._finish(old, "replaced by a resumed session")
+        del self.unregistered[s]
+        self.away.pop(u, None)
+        u.away_until = None
+        u.conn = s
+        s.user = u
+        s.decoder.set_limit(self.limits.max_frame if s.framed else self.limits.max_line)
+        self._send_session(s, u)
+        self._reply(s, "OK resume " + u.nick)
+        self.log.info("%s resumed as %s", s.peer, u.nick)
+        if u.partner is not None:
+            self._reply(s, "PAIRED " + u.partner.nick)
+        for asker in sorted(u.askers or (), key=lambda a: a.key):
+            self._reply(s, "PAIR-REQUEST " + asker.nick)
+        held, u.held = u.held, None
+        u.held_bytes = 0
+        for msg in held or ():
+            self._deliver_to(msg, s)
+        told, u.told = u.told, None
+        for line in told or ():
+            self._reply(s, line)
+        self._presence(u, "BACK " + u.nick)
 
     # ------------------------------------------------------------ messages
 
@@ -853,7 +1094,7 @@ class Chat:
         if self._log_messages:
             self._log_message(msg, text)
         self._reply(u.conn, "SENT %d %s 1" % (msg_id, t.nick))
-        self._deliver(msg, t.conn)
+        self._deliver(msg, t)
 
     def _send_all(self, u, text):
         users = self.users
@@ -874,7 +1115,7 @@ class Chat:
         # marked here and leaves ``users`` in _reap (rule 1).
         for t in users.values():
             if t is not u:
-                deliver(msg, t.conn)
+                deliver(msg, t)
         msg.pending -= 1
         if msg.pending == 0:
             self._summary(msg)
@@ -894,12 +1135,22 @@ class Chat:
         else:
             self.log.info("message %d %s -> %s", msg.id, msg.sender.nick, msg.to)
 
-    def _deliver(self, msg, t):
-        """Queue ``msg`` to session ``t`` and remember it until ``t`` has it."""
+    def _deliver(self, msg, u):
+        """Queue ``msg`` to user ``u`` and remember it until ``u`` has it."""
         msg.pending += 1
+        t = u.conn
+        if t is None:
+            return self._hold(msg, u)
         if not t.live:  # cut off in the middle of this very fan-out
+            if self._resumable(t):
+                return self._hold(msg, u)  # it will be away, then back
             code, text = self._unwritten(t, t.closing or "left")
             return self._failed(msg, code, text)
+        self._deliver_to(msg, t)
+
+    def _deliver_to(self, msg, t):
+        """Queue ``msg`` to session ``t`` with its receipt; ``msg.pending``
+        already counts it."""
         if t.framed:
             data = msg.frame()
             unacked = t.unacked
@@ -918,6 +1169,18 @@ class Chat:
             t.marks.append((t.enqueued + len(data), msg, self.now))
             t.receipt_bytes += len(data) + RECEIPT_COST
             self._queue(t, data)
+
+    def _hold(self, msg, u):
+        """Keep ``msg`` for away user ``u`` until it resumes, within the
+        same memory limit as a connection (max_queue)."""
+        cost = RECEIPT_COST + _text_size(msg.text)
+        if u.held_bytes + cost > self.limits.max_queue:
+            return self._failed(msg, "away-full", "away, with as much waiting as "
+                                "max-queue=%d bytes allows" % self.limits.max_queue)
+        if u.held is None:
+            u.held = collections.deque()
+        u.held.append(msg)
+        u.held_bytes += cost
 
     def _shed_oldest(self, t, why):
         """Give up the oldest message awaiting ``t``'s /ack: it may have
@@ -941,8 +1204,10 @@ class Chat:
         msg.pending -= 1
         if msg.to != "*":
             snd = msg.sender.conn
-            if snd is not None and snd.live:
+            if snd is not None and snd.live:  # the usual case, first
                 self._reply(snd, "DELIVERED %d %s" % (msg.id, msg.to))
+            else:
+                self._tell_later(msg.sender, "DELIVERED %d %s" % (msg.id, msg.to))
         elif msg.pending == 0:
             self._summary(msg)
 
@@ -952,16 +1217,12 @@ class Chat:
         msg.pending -= 1
         self.log.info("message %d to %s failed: %s %s", msg.id, msg.to, code, text)
         if msg.to != "*":
-            snd = msg.sender.conn
-            if snd is not None and snd.live:
-                self._reply(snd, "FAILED %d %s %s %s" % (msg.id, msg.to, code, text))
+            self._tell(msg.sender, "FAILED %d %s %s %s" % (msg.id, msg.to, code, text))
         elif msg.pending == 0:
             self._summary(msg)
 
     def _summary(self, msg):
-        snd = msg.sender.conn
-        if snd is not None and snd.live:
-            self._reply(snd, "DELIVERED %d * %d" % (msg.id, msg.delivered))
+        self._tell(msg.sender, "DELIVERED %d * %d" % (msg.id, msg.delivered))
 
     def _expire_receipts(self, before):
         """Messages held since ``before`` or earlier never arrive (rule 3).
@@ -978,6 +1239,17 @@ class Chat:
             marks = s.marks
             if marks and marks[0][2] <= before and s.live:
                 self._doom(s, "slow consumer")
+
+    def _hold_receipts(self, s, u):
+        """``s`` is lost and its user away: every message it had not
+        confirmed is held for the resume, before what came since."""
+        msgs = [m for _, m, _ in s.marks or ()] + [m for m, _, _ in (s.unacked or {}).values()]
+        s.marks = s.unacked = None
+        held = collections.deque(msgs)
+        if u.held:
+            held.extend(u.held)
+        u.held = held
+        u.held_bytes = sum(RECEIPT_COST + _text_size(m.text) for m in held)
 
     def _fail_held(self, s, reason):
         """``s`` ends for ``reason``: whatever it still holds fails, with a
@@ -1053,14 +1325,39 @@ class Chat:
                     line = text.encode() + b"\n"
                 self._queue(c, line)
 
-    def _leave(self, s, reason):
-        """``s``'s user leaves the chat (its connection may still be flushing)."""
+    def _resumable(self, s):
+        """Whether ``s``'s user is kept away when ``s`` ends, rather than
+        leaving: resume is on, it did not /quit, and the server is not
+        stopping for good."""
+        return (self.limits.resume_time > 0 and not s.quitting
+                and (not self.shutting_down or self.restarting))
+
+    def _detach(self, s, reason):
+        """``s`` ends or starts closing: its user goes away, or leaves."""
         u = s.user
         if u is None:
             self.unregistered.pop(s, None)
             return
         if u.conn is not s:
-            return  # left already, and now its connection ends
+            return  # away or left already, and now its connection ends
+        if self._resumable(s):
+            self._go_away(u, s, reason)
+        else:
+            self._leave(u, reason)
+
+    def _go_away(self, u, s, reason):
+        u.conn = None
+        u.old = s if not s.gone else None
+        u.away_until = self.now + self.limits.resume_time
+        self.away[u] = None
+        self.log.info("%s (%s) away: %s", u.nick, s.peer, reason)
+        self._presence(u, "AWAY " + u.nick)
+
+    def _leave(self, u, reason, code=None):
+        """``u`` leaves the chat for good (its connection may still be
+        flushing). What was held for it while away fails with ``code``."""
+        if self.users.get(u.key) is not u:
+            return
         if u.partner is not None:
             self._unpair(u, reason)
         # Presence goes out while u still counts and its requests stand, so
@@ -1073,16 +1370,55 @@ class Chat:
             u.askers = None
         del self.users[u.key]
         del self.roster[u]
+        self.away.pop(u, None)
+        self._void_token(u)
         u.conn = None
-        self.log.info("%s (%s) left: %s", u.nick, s.peer, reason)
+        u.old = None
+        u.told = None
+        held, u.held = u.held, None
+        u.held_bytes = 0
+        if held:
+            if code is None:
+                code = "shutdown" if self.shutting_down else "left"
+            text = "away, then left (%s)" % reason
+            for msg in held:
+                self._failed(msg, code, text)
+        self.log.info("%s left: %s", u.nick, reason)
+
+    def _expire_away(self, now):
+        """Away users whose resume window has ended leave for good."""
+        away = self.away
+        while away:
+            u = next(iter(away))
+            if now < u.away_until:
+                break
+            self._leave(u, "no resume within %g s" % self.limits.resume_time,
+                        "away-expired")
 
     # ------------------------------------------------------------ output
 
     def _tell(self, u, text):
-        """A line for user ``u``, if it is still here to read it."""
+        """A line for user ``u``: now if it is connected, on resume if it is
+        away (or about to be: its connection is closing, the server
+        restarting), never if it left."""
         c = u.conn
-        if c is not None:
+        if c is not None and c.live:
             self._reply(c, text)
+        else:
+            self._tell_later(u, text)
+
+    def _tell_now(self, u, text):
+        """A line about state that a resume says again in full (PAIRED,
+        PAIR-REQUEST): only for a user connected now."""
+        c = u.conn
+        if c is not None and c.live:
+            self._reply(c, text)
+
+    def _tell_later(self, u, text):
+        if self.users.get(u.key) is u and (u.conn is None or self._resumable(u.conn)):
+            if u.told is None:
+                u.told = []
+            u.told.append(text)
 
     def _reply(self, s, text):
         self._queue(s, encode_frame(text.encode()) if s.framed else text.encode() + b"\n")
@@ -1137,7 +1473,7 @@ class Chat:
         """
         if not s.live:
             return
-        self._leave(s, reason)
+        self._detach(s, reason)
         s.live = False
         s.closing = reason
         s.deadline = self.now + self.limits.drain_time
@@ -1166,7 +1502,7 @@ class Chat:
         buffers go at once (rule 4)."""
         if s.gone:
             return
-        self._leave(s, reason)
+        self._detach(s, reason)
         s.live = False
         s.gone = True
         if s.closing is None:
@@ -1186,9 +1522,20 @@ class Chat:
         s.out.clear()
         s.decoder = None
         s.receipt_bytes = 0
+        u = s.user
+        if u is not None and u.old is s:
+            u.old = None
         if s.marks or s.unacked:
-            self._fail_held(s, reason)
+            if u is not None and u.conn is None and self.users.get(u.key) is u:
+                self._hold_receipts(s, u)  # away: kept for its resume
+            else:
+                self._fail_held(s, reason)
         self.to_close.append(s)
+
+
+def _text_size(text):
+    """An upper bound of ``text``'s UTF-8 size, without encoding it."""
+    return len(text) if text.isascii() else 4 * len(text)
 
 
 def _echo(text, limit):

@@ -3,18 +3,28 @@
 Two halves, the same split as the server's:
 
 ``Session`` is the sans-I/O core. It is told what the user typed and what
-the server said, and answers with what to send and what to print. It knows
-the protocol's bookkeeping: the server answers each command in order
-(chat text with exactly one ``SENT`` or ``ERR``; most commands with one
-``OK``, ``PONG``, ``BYE`` or ``ERR``), so a queue of what we sent and are
-still waiting on tells which request an answer belongs to, and a ``SENT``
-gives the id that later ``DELIVERED`` or ``FAILED`` lines refer to. Two
-commands fall outside that rule and are kept out of the queue: ``/ack``
-(silent on success; its only error, ``no-such-message``, is its own) and
-``/help`` (a run of ``OK help`` lines).
+the server said, and answers with what to print (``Line``) and what to
+send. It knows the protocol's bookkeeping. The pipelining rule of
+tcpchat(7): every message we send gets exactly one final reply, in order
+(``OK``, ``ERR``, ``SENT``, ``PONG`` or ``BYE``), so a queue of what we sent
+and are still waiting on tells which request a reply belongs to, and a
+``SENT`` gives the id that later ``DELIVERED`` or ``FAILED`` lines refer to.
+Lines that come before a final reply (``USER``, ``HELP``) belong to the
+request at the head of the queue. One command falls outside the rule and
+is kept out of the queue: ``/ack``, silent on success, whose only error
+(``no-such-message``, with the ids) is recognisable by its code.
+
+A message we send is one line on the screen: drawn when typed, with a
+mark that changes in place (pending, sent, then delivered or failed with
+the reason). The Session says which line a new state belongs to; the
+Client asks the terminal to redraw that line in place, and when it cannot
+(other lines came in between) prints the Session's short outcome line.
 
 ``Client`` is the shell: the socket, the terminal (tcpchat.terminal), the
 signals, and the loop that moves bytes between them and the Session.
+Losing the connection ends it today; reconnecting and resuming (issue 10)
+will live in ``Client._connection_lost``, with ``Session.greeted`` called
+again for the new connection.
 
 Exit status: 0 normal end (and, with piped input, every message
 delivered); 1 piped input whose messages were not all delivered or that
@@ -36,20 +46,26 @@ from . import __version__
 from .framing import FRAMED_MARKER, FrameDecoder, encode_frame
 from .protocol import COMMANDS
 from .render import (
+    MAYBE_SEEN,
     Style,
     chat_line,
-    delivery_line,
     escape,
     event_sentence,
+    failure_reason,
+    help_lines,
+    mentions,
+    message_mark,
     notice_line,
-    outgoing_line,
+    outcome_line,
+    own_line,
     parse_server_message,
     quote,
     rejected_line,
+    who_summary,
 )
 from .terminal import history_path, open_terminal
 
-__all__ = ["Session", "Client", "make_parser", "main"]
+__all__ = ["Session", "Line", "Client", "parse_greeting", "make_parser", "main"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 6078
@@ -67,7 +83,7 @@ CONNECT_TIMEOUT = 10.0
 QUIT_WAIT = 2.0
 #: Default seconds piped mode waits at end of input for outcomes.
 DEFAULT_WAIT = 10.0
-#: Longest greeting line we read, in bytes; the real one is under 100.
+#: Longest greeting line we read, in bytes; the real one is under 200.
 MAX_GREETING = 4096
 #: Message ids per /ack: far below any server's frame limit (ids are short).
 ACK_BATCH = 1000
@@ -77,34 +93,109 @@ MAX_SERVER_FRAME = 1 << 20
 #: Bytes waiting to go to the server above which piped mode stops reading
 #: stdin for a while, so a huge input file is not read into memory at once.
 PIPE_BACKLOG = 64 * 1024
+#: The server's limits when its greeting does not say (tcpchat(7)): the
+#: largest frame a client may send, and the room a message's header takes
+#: in it, in bytes.
+DEFAULT_MAX_FRAME = 65536
+HEADER_ROOM = 128
+#: How many names the line on arrival shows before "and N more".
+WHO_NAMES = 5
+
+
+def parse_greeting(line):
+    """``HELLO VERSION [NAME=VALUE ...] TEXT`` as ``(version, params, text)``.
+
+    The NAME=VALUE words are the server's limits and features; a client
+    takes words containing ``=`` until the first that does not (tcpchat(7)).
+    An older server sends none: ``params`` is then empty.
+    """
+    words = line.split(" ")
+    version = words[1] if len(words) > 1 else ""
+    params = {}
+    rest = words[2:]
+    while rest and "=" in rest[0]:
+        name, _, value = rest.pop(0).partition("=")
+        params[name] = value
+    return version, params, " ".join(rest)
+
+
+def _limit(params, name, default):
+    value = params.get(name, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
 
 
 class Outgoing:
     """A chat message we sent, from the keypress to its final outcome."""
 
-    __slots__ = ("text", "to", "msg_id", "total", "outcome")
+    __slots__ = ("text", "to", "audience", "when", "msg_id", "total", "state",
+                 "got", "reason")
 
-    def __init__(self, text, to=None):
+    def __init__(self, text, to, audience, when):
         self.text = text
         self.to = to  # "*" or a nick: our guess until SENT says for sure
+        self.audience = audience  # "private", "pair" or "everyone"
+        self.when = when  # when it was typed: its line keeps that stamp
         self.msg_id = None  # set by SENT
         self.total = None  # recipients counted by SENT
-        self.outcome = None  # None while open; "delivered" or "failed"
+        # pending -> sent -> delivered | failed | unconfirmed; refused (ERR)
+        self.state = "pending"
+        self.got = None  # DELIVERED ID * N: how many have it
+        self.reason = None  # why it failed or was refused, for a person
+
+    @property
+    def open(self):
+        return self.state in ("pending", "sent")
 
     def __repr__(self):
-        return "Outgoing(#%s to %r, %r, %s)" % (
-            self.msg_id, self.to, self.text, self.outcome or "open")
+        return "Outgoing(#%s to %r, %r, %s)" % (self.msg_id, self.to, self.text, self.state)
+
+
+class Line:
+    """One thing for the Client to print.
+
+    ``kind``: "chat" (what someone said: stdout when input is piped),
+    "notice" (anything else: stderr when piped), "own" (the first drawing of
+    a message we sent, over the echo of the typed line) or "mark" (the same
+    message's line redrawn with a new state; ``note`` is the line to print
+    instead when it cannot be redrawn, None when nothing need be said).
+    ``bell``: this line wants the user's attention.
+    """
+
+    __slots__ = ("text", "kind", "out", "note", "bell")
+
+    def __init__(self, text, kind="notice", out=None, note=None, bell=False):
+        self.text = text
+        self.kind = kind
+        self.out = out
+        self.note = note
+        self.bell = bell
+
+    def __repr__(self):
+        return "Line(%s, %r)" % (self.kind, self.text)
 
 
 class _Expect:
-    """One request on the wire whose answer has not come yet."""
+    """One request on the wire whose final reply has not come yet."""
 
-    __slots__ = ("what", "outgoing", "setup")
+    __slots__ = ("what", "outgoing", "setup", "arrival")
 
-    def __init__(self, what, outgoing=None, setup=False):
+    def __init__(self, what, outgoing=None, setup=False, arrival=False):
         self.what = what  # how to name it in an error line
         self.outgoing = outgoing  # the chat message, for chat text
         self.setup = setup  # the --nick / --pair sent for the user
+        self.arrival = arrival  # our own /who on arrival: one line, not a list
+
+
+class _Who:
+    """USER lines of the /who on arrival, summed up as they come (a crowd
+    can be thousands: only the first few names are kept)."""
+
+    __slots__ = ("first", "count", "paired")
+
+    def __init__(self):
+        self.first = []
+        self.count = 0
+        self.paired = 0
 
 
 def _audience(to, partner):
@@ -118,23 +209,31 @@ def _audience(to, partner):
 class Session:
     """The client's protocol state, without I/O (see module docstring).
 
-    ``user_line`` and ``server_message`` return ``(show, send)``: lines to
+    ``user_line`` and ``server_message`` return ``(show, send)``: Lines to
     print, in order, and then messages to send. Printing first matters: an
     ``/ack`` must only go out once its message is on the screen.
     """
 
-    def __init__(self, style, nick=None, pair=None, interactive=True):
+    def __init__(self, style, nick=None, pair=None, interactive=True, bell=True):
         self.style = style
         self.wanted_nick = nick
         self.pair_target = pair
         self.interactive = interactive
+        self.bell = bell and interactive
         self.nick = None
         self.partner = None
-        self.pair_requested = None
+        self.pair_requested = None  # whom our pending /pair asks
         self.registered_once = False
         self.registration_failed = False
         self.bye = False
         self.leaving = False  # the user asked to quit
+        # The server's limits, from its greeting (greeted), in bytes.
+        self.max_frame = DEFAULT_MAX_FRAME
+        self.max_text = DEFAULT_MAX_FRAME - HEADER_ROOM
+        self.server_params = {}
+        # SESSION TOKEN SECONDS (issue 10): kept for resuming, never shown.
+        self.resume_token = None
+        self.resume_seconds = None
         self._setup = 0  # --nick / --pair requests not answered yet
         self.errors = 0  # ERR answers to what we sent (piped mode's status)
         self.undelivered = 0  # messages that failed, wholly or in part
@@ -143,10 +242,28 @@ class Session:
         # Messages without an outcome yet, in the order typed; settled ones
         # leave, so a long session does not keep every line it ever sent.
         self._open = []
+        self._who = None  # _Who while our /who on arrival is answered
         # Nicks we have heard of (lower case -> as written), for Tab.
         self.nicks = {}
         # Who asked us to pair (lower case): our /pair to them completes it.
         self.asked_by = set()
+
+    # -- the connection --
+
+    def greeted(self, greeting):
+        """The server's greeting line: learn its limits. Without them (an
+        older server) the documented defaults stand."""
+        _version, params, _text = parse_greeting(greeting)
+        self.server_params = params
+        self.max_frame = _limit(params, "max-frame", DEFAULT_MAX_FRAME)
+        self.max_text = min(_limit(params, "max-text", self.max_frame - HEADER_ROOM),
+                            self.max_frame)
+
+    @property
+    def coded_failures(self):
+        # A server that states its limits speaks the protocol in which
+        # FAILED carries a CODE word; an older one sends prose only.
+        return bool(self.server_params)
 
     # -- what the user typed --
 
@@ -157,6 +274,10 @@ class Session:
         if self.partner is not None:
             return "%s%s%s> " % (nick, self.style.arrow, escape(self.partner))
         return "%s> " % nick
+
+    def asking_nick(self):
+        """Whether a typed line is the nick asked for (not history-worthy)."""
+        return self.nick is None and self.interactive
 
     def start(self):
         """What to send right after the greeting: /nick when we have one."""
@@ -174,45 +295,119 @@ class Session:
         stripped = line.strip()
         if not stripped:
             return [], []
-        if stripped == ":quit:" or stripped.split(" ", 1)[0].lower() == "/quit":
-            self.leaving = True
-            return [], self._command(stripped)
-        if line.startswith("//"):
-            return [], self._chat(line, line[1:], None)
-        if not line.startswith("/"):
-            if self.nick is None and self.interactive:
-                # Before registering, a bare word is the nick being asked for.
-                return [], self._command("/nick " + stripped)
-            return [], self._chat(line, line, None)
         word, _, rest = line.partition(" ")
         word = word.lower()
+        first = stripped.split(" ", 1)[0].lower()
+        if first in ("/quit", ":quit:"):  # tcpchat(7): ":quit:" in any case
+            # Sent as /quit: a server older than that rule would broadcast
+            # ":QUIT: bye" as chat instead of ending the session.
+            self.leaving = True
+            reason = stripped[len(first):].strip()
+            return [], self._command(("/quit " + reason).rstrip())
+        if line.startswith("//"):
+            return self._chat(line, line[1:], None, None, when)
+        if not line.startswith("/"):
+            if self.asking_nick():
+                # Before registering, a bare word is the nick being asked for.
+                return [], self._command("/nick " + stripped)
+            return self._chat(line, line, None, None, when)
+        if word == "/help":
+            # What a person types, from us: the server's /help describes the
+            # protocol, for people on nc and for client authors.
+            return [Line(text) for text in help_lines(self.style)], []
         if word in ("/msg", "/w"):
             name, _, text = rest.lstrip(" ").partition(" ")
-            return [], self._chat(line, text, name or None)
-        if word == "/all":
-            return [], self._chat(line, rest, "*")
-        if word == "/ack":
+            if name and text.strip():
+                return self._chat(line, text, name, line, when)
+        elif word == "/all":
+            if rest.strip():
+                return self._chat(line, rest, "*", line, when)
+        elif word == "/ack":
+            # Only ids: a failed /ack's ERR names its ids, and any other ERR
+            # (usage) could not be told from the answer to a queued request.
+            ids = rest.split()
+            if not ids or not all(i.isdigit() for i in ids):
+                return [self._refused(when, escape(line), "usage", "/ack ID [ID ...]")], []
             return [], [line]
-        if word == "/help":
-            return [], [line]
-        return [], self._command(line)
+        return self._refuse_long(line, when) or ([], self._command(line))
 
     def quit(self):
         """The messages that leave: /quit, answered by BYE."""
+        self.leaving = True
         return self._command("/quit")
 
-    def _command(self, line, setup=False):
-        self._waiting.append(_Expect(escape(line), setup=setup))
+    def _command(self, line, setup=False, arrival=False):
+        self._waiting.append(_Expect(escape(line), setup=setup, arrival=arrival))
         self._setup += setup
         return [line]
 
-    def _chat(self, line, text, to):
+    def _refused(self, when, what, code, reason):
+        """A line we did not send, and why: counted as an error, as the
+        server's refusal would have been."""
+        self.errors += 1
+        return Line(rejected_line(when, what, code, reason, self.style))
+
+    def _refuse_long(self, wire, when, text=None):
+        """``(show, send)`` refusing what the server would cut us off for
+        (a frame over its max-frame) or refuse (text over its max-text),
+        with the limit in the error; None when it fits."""
+        size = len(wire.encode("utf-8", "surrogateescape"))
+        if text is not None:
+            length = len(text.encode("utf-8", "surrogateescape"))
+            if length > self.max_text:
+                return [self._refused(
+                    when, "message %s" % quote(text), "too-long",
+                    "it is %d bytes; this server takes at most %d bytes of text "
+                    "in a message" % (length, self.max_text))], []
+        if size > self.max_frame:
+            what = "message %s" % quote(text) if text is not None else quote(wire)
+            return [self._refused(
+                when, what, "too-long",
+                "it is %d bytes; this server takes at most %d bytes in one go"
+                % (size, self.max_frame))], []
+        return None
+
+    def _chat(self, typed, text, to, wire, when):
+        """Chat text for ``to`` ("*", a nick, or None: plain text, for the
+        partner when paired, else everyone) as ``wire`` (None: as typed)."""
         if to is None:
-            to = self.partner if self.partner is not None else "*"
-        out = Outgoing(text, to)
+            if self.partner is not None:
+                # Text for the partner goes as /msg: it can reach nobody
+                # else, even if the pair ends before the server reads it.
+                to = self.partner
+                wire = "/msg %s %s" % (self.partner, text)
+            else:
+                to = "*"
+        if wire is None:
+            wire = typed  # "//text" too: the server takes one slash off
+        refused = self._refuse_long(wire, when, text)
+        if refused is not None:
+            return refused
+        out = Outgoing(text, to, _audience(to, self.partner), when)
         self._open.append(out)
-        self._waiting.append(_Expect(escape(line), out))
-        return [line]
+        self._waiting.append(_Expect(escape(typed), out))
+        show = [Line(self._own(out), "own", out)] if self.interactive else []
+        return show, [wire]
+
+    def _own(self, out):
+        """The one line of ``out`` with the mark for its state now."""
+        state = "failed" if out.state == "refused" else out.state
+        mark = message_mark(state, self.style, got=out.got,
+                            total=out.total if out.to == "*" else None,
+                            reason=out.reason)
+        return own_line(out.when, self.nick or "you", out.audience, out.to, out.text,
+                        mark, self.style)
+
+    def _redraw(self, out, when):
+        """The Line that moves ``out`` to its new state: redrawn in place
+        when possible, else (for a final state) an outcome line."""
+        note = None
+        if not out.open:
+            note = outcome_line(when, out.state, out.text, out.to, self.style, got=out.got,
+                                total=out.total, reason=out.reason, msg_id=out.msg_id)
+        if not self.interactive:
+            return [Line(note)] if note else []
+        return [Line(self._own(out), "mark", out, note)]
 
     # Commands after which the next word is a nick.
     _NICK_ARGUMENT = ("/msg", "/w", "/pair")
@@ -261,12 +456,14 @@ class Session:
             return getattr(self, name)(msg, when)
         return self._sentence(msg, when), []
 
-    def _sentence(self, msg, when, partner=None):
-        found = event_sentence(msg, partner if partner is not None else self.partner)
+    def _sentence(self, msg, when, partner=None, request=None, attention=False):
+        found = event_sentence(msg, partner if partner is not None else self.partner,
+                               request)
         if found is None:
             return []
         text, role = found
-        return [notice_line(when, text, self.style, role)]
+        return [Line(notice_line(when, text, self.style, role, attention=attention),
+                     bell=attention and self.bell)]
 
     def _answered(self):
         """The oldest request still waiting: this answer is its answer."""
@@ -283,84 +480,101 @@ class Session:
         else:
             # To us alone; from our partner it is pair talk.
             audience = _audience(sender, self.partner)
-        line = chat_line(when, sender, audience, msg.text, self.style)
+        # To us alone, or naming us: the lines a person must not miss.
+        attention = audience != "everyone" or mentions(msg.text, self.nick)
+        line = chat_line(when, sender, audience, msg.text, self.style, me=self.nick,
+                         attention=attention)
         send = ["/ack " + msg_id] if msg_id.isdigit() else []
-        return [line], send
+        return [Line(line, "chat", bell=attention and self.bell)], send
 
     def _on_sent(self, msg, when):
         msg_id, to, count = msg.fields
         req = self._answered()
-        out = req.outgoing if req is not None and req.outgoing is not None else None
+        out = req.outgoing if req is not None else None
         if out is None:
-            out = Outgoing("", to)  # not ours to match; still track its fate
+            # Not ours to match; still track its fate, without a line.
+            out = Outgoing("", to, _audience(to, self.partner), when)
             self._open.append(out)
+            out.state = "sent"
+            out.to, out.msg_id = to, msg_id
+            self._by_id[msg_id] = out
+            return [], []
         out.to = to
+        out.audience = _audience(to, self.partner) if to != "*" else "everyone"
         out.msg_id = msg_id
         out.total = int(count) if count.isdigit() else None
+        out.state = "sent"
         self._by_id[msg_id] = out
-        line = outgoing_line(when, _audience(to, self.partner), to, out.text,
-                             msg_id, self.style)
-        return [line], []
+        return self._redraw(out, when), []
 
     def _on_delivered(self, msg, when):
         msg_id, nick = msg.fields
         out = self._by_id.pop(msg_id, None)
         if out is None:  # not one we know of: still say so
-            out = Outgoing("", nick)
-        got = None
+            out = Outgoing("", nick, "private", when)
+            out.msg_id = msg_id
         if nick == "*":
-            got = int(msg.text) if msg.text.isdigit() else None
-            partial = got is not None and out.total is not None and got < out.total
-            self._settle(out, "failed" if partial else "delivered")
+            out.got = int(msg.text) if msg.text.isdigit() else None
+            partial = out.got is not None and out.total is not None and out.got < out.total
+            self._settle(out, "delivered", failed=partial)
         else:
             self._settle(out, "delivered")
-        line = delivery_line(when, msg_id, nick, out.text, self.style,
-                             got=got, total=out.total if nick == "*" else None)
-        return [line], []
+        return self._redraw(out, when), []
 
     def _on_failed(self, msg, when):
         msg_id, nick = msg.fields
+        code, reason = failure_reason(msg.text, nick, self.coded_failures)
         out = self._by_id.pop(msg_id, None)
-        text = ""
-        if out is not None:
-            self._settle(out, "failed")
-            text = out.text
-        reason = msg.text or "no reason given"
-        return [delivery_line(when, msg_id, nick, text, self.style, reason=reason)], []
+        if out is None:
+            out = Outgoing("", nick, "private", when)
+            out.msg_id = msg_id
+        out.reason = reason
+        # Only no-receipt means the recipient may have seen it.
+        self._settle(out, "unconfirmed" if code == MAYBE_SEEN else "failed", failed=True)
+        return self._redraw(out, when), []
 
     def _on_err(self, msg, when):
         code = msg.fields[0]
-        if code in ("no-such-message", "timeout", "server-full"):
-            # Not an answer to a queued request: an /ack's own error, or
-            # the server giving up on us.
-            return [rejected_line(when, None, code, msg.text, self.style)], []
+        if code in ("no-such-message", "timeout", "server-full", "too-many-connections"):
+            # Not an answer to a queued request: an /ack's own error (its
+            # ids are the first words of the text), or the server giving up
+            # on us or turning us away.
+            return [Line(rejected_line(when, None, code, msg.text, self.style))], []
         req = self._answered()
         self.errors += 1
         what = None
         if req is not None:
             if req.outgoing is not None:
-                self._settle(req.outgoing, "failed")
-                to = req.outgoing.to
-                if not req.outgoing.text.strip():
-                    what = req.what  # e.g. "/msg bob" with no text: show it as typed
-                else:
-                    what = "message %s" % quote(req.outgoing.text)
-                    if to and to != "*":
-                        what += " to %s" % escape(to)
-            else:
-                what = req.what
-                if req.what.lower().startswith("/nick") and self.nick is None:
-                    self.registration_failed = True
-        show = [rejected_line(when, what, code, msg.text, self.style)]
+                out = req.outgoing
+                out.reason = msg.text or code
+                self._settle(out, "refused", failed=True)
+                return self._redraw(out, when), []
+            what = req.what
+            if req.what.lower().startswith("/nick") and self.nick is None:
+                self.registration_failed = True
+        show = [Line(rejected_line(when, what, code, msg.text, self.style))]
         if self.registration_failed and self.nick is None and self.interactive:
-            show.append(notice_line(when, "Type the nick you want.", self.style))
+            show.append(Line(notice_line(when, "Type the nick you want.", self.style)))
         return show, []
 
     def _on_ok(self, msg, when):
         cmd = msg.fields[0].lower()
         if cmd == "help":
-            return self._sentence(msg, when), []
-        self._answered()
+            # The final reply to a /help, after its HELP lines: it answers
+            # the head of the queue only if that is a /help (we send none
+            # ourselves: /help is the client's own). An older server sends
+            # OK help TEXT lines instead, with no final count.
+            if not msg.text.isdigit():
+                return self._sentence(msg, when), []
+            if self._waiting and self._waiting[0].what.lower().startswith("/help"):
+                self._answered()
+            return [], []
+        req = self._answered()
+        if cmd == "who" and req is not None and req.arrival:
+            who, self._who = self._who or _Who(), None
+            return [Line(notice_line(when, who_summary(who.first, who.count, who.paired,
+                                                       self.style), self.style,
+                                     "plain"))], []
         partner_before = self.partner
         send = []
         if cmd == "nick":
@@ -369,7 +583,10 @@ class Session:
             if not self.registered_once:
                 self.registered_once = True
                 if self.pair_target:
-                    send = self._command("/pair " + self.pair_target, setup=True)
+                    send += self._command("/pair " + self.pair_target, setup=True)
+                if self.interactive:
+                    # Who is here, in one line, for someone arriving.
+                    send += self._command("/who", arrival=True)
         elif cmd == "pair":
             self.pair_requested = msg.text
             if msg.text.lower() in self.asked_by:
@@ -379,6 +596,26 @@ class Session:
             self.pair_requested = None
         return self._sentence(msg, when, partner_before), send
 
+    def _on_user(self, msg, when):
+        head = self._waiting[0] if self._waiting else None
+        if head is None or not head.arrival:
+            return self._sentence(msg, when), []
+        nick, state = msg.fields
+        if nick.lower() == (self.nick or "").lower():
+            return [], []
+        who = self._who = self._who or _Who()
+        who.count += 1
+        who.paired += state == "paired"
+        if len(who.first) < WHO_NAMES:
+            who.first.append((nick, state))
+        return [], []
+
+    def _on_session(self, msg, when):
+        token, seconds = msg.fields
+        self.resume_token = token or None
+        self.resume_seconds = int(seconds) if seconds.isdigit() else None
+        return [], []
+
     def _on_pong(self, msg, when):
         self._answered()
         return self._sentence(msg, when), []
@@ -386,11 +623,14 @@ class Session:
     def _on_bye(self, msg, when):
         self._answered()
         self.bye = True
+        if self.leaving and msg.text.strip().lower() in ("", "goodbye"):
+            # Our own /quit answered: a plain goodbye, not the server's doing.
+            return [Line(notice_line(when, "You left the chat.", self.style))], []
         return self._sentence(msg, when), []
 
     def _on_pair_request(self, msg, when):
         self.asked_by.add(msg.fields[0].lower())
-        return self._sentence(msg, when), []
+        return self._sentence(msg, when, attention=True), []
 
     def _on_paired(self, msg, when):
         self.partner = msg.fields[0]
@@ -400,14 +640,29 @@ class Session:
 
     def _on_unpaired(self, msg, when):
         before = self.partner
-        if before is not None and before.lower() == msg.fields[0].lower():
+        nick = msg.fields[0].lower()
+        request = None
+        if before is not None and before.lower() == nick:
             self.partner = None
-        return self._sentence(msg, when, before), []
+        elif nick in self.asked_by:
+            # They withdrew their request to us (or asked someone else).
+            self.asked_by.discard(nick)
+            request = "theirs"
+        elif self.pair_requested is not None and self.pair_requested.lower() == nick:
+            # Ours to them is over: they paired with someone else.
+            self.pair_requested = None
+            request = "ours"
+        return self._sentence(msg, when, before, request), []
 
     def _on_renamed(self, msg, when):
         old, new = msg.fields
         if self.partner is not None and self.partner.lower() == old.lower():
             self.partner = new
+        if self.pair_requested is not None and self.pair_requested.lower() == old.lower():
+            self.pair_requested = new
+        if old.lower() in self.asked_by:
+            self.asked_by.discard(old.lower())
+            self.asked_by.add(new.lower())
         return self._sentence(msg, when), []
 
     # Keywords that change state or need our records; every other keyword
@@ -419,8 +674,10 @@ class Session:
         "FAILED": "_on_failed",
         "ERR": "_on_err",
         "OK": "_on_ok",
+        "USER": "_on_user",
         "PONG": "_on_pong",
         "BYE": "_on_bye",
+        "SESSION": "_on_session",
         "PAIR-REQUEST": "_on_pair_request",
         "PAIRED": "_on_paired",
         "UNPAIRED": "_on_unpaired",
@@ -429,11 +686,11 @@ class Session:
 
     # -- the account at the end --
 
-    def _settle(self, out, outcome):
-        if out.outcome is not None:
+    def _settle(self, out, state, failed=False):
+        if not out.open:
             return
-        out.outcome = outcome
-        if outcome != "delivered":
+        out.state = state
+        if failed:
             self.undelivered += 1
         try:
             self._open.remove(out)
@@ -457,12 +714,12 @@ class Session:
         lines = []
         for o in self.open_messages():
             if o.msg_id is None:
-                what = "Message %s was never acknowledged by the server" % quote(o.text)
+                what = "%s was never answered by the server" % quote(o.text)
             else:
                 to = "everyone" if o.to == "*" else escape(o.to)
-                what = "#%s %s to %s: delivery not confirmed" % (
-                    escape(o.msg_id), quote(o.text), to)
-            lines.append(notice_line(when, what, self.style, "bad"))
+                what = "%s to %s: delivery not confirmed" % (
+                    quote(o.text) if o.text else "#" + escape(o.msg_id), to)
+            lines.append(Line(notice_line(when, what, self.style, "bad")))
         return lines
 
 
@@ -477,7 +734,8 @@ class Client:
         self.args = args
         self.term = term
         self.interactive = term.interactive
-        self.session = Session(style, args.nick, args.pair, self.interactive)
+        self.session = Session(style, args.nick, args.pair, self.interactive,
+                               bell=not args.no_bell)
         self.clock = clock
         self.sock = None
         self.decoder = FrameDecoder(MAX_SERVER_FRAME)
@@ -492,10 +750,14 @@ class Client:
         self.eof_deadline = None  # piped mode: wait for outcomes until then
         self.done = False
         self.lost = None  # why the connection ended, if the server ended it
-        self.interrupts = 0
+        self.interrupts = 0  # Ctrl-C presses not acted on yet
+        self.terminated = False  # SIGTERM or SIGHUP: leave, whatever is typed
         self.resized = False
         self.suspended = False
         self.prompt = None
+        # The message whose line was printed last: only that one can have
+        # its mark redrawn in place.
+        self.last_out = None
 
     # -- connecting --
 
@@ -528,6 +790,7 @@ class Client:
         self.sock = sock if tls is None else tls.ClientTLSSocket(sock)
         self.sel.register(sock, selectors.EVENT_READ, "socket")
         self.greeting = greeting
+        self.session.greeted(greeting)
         self.outbuf += bytes((FRAMED_MARKER,))
         if rest:
             self._received(rest)
@@ -555,8 +818,29 @@ class Client:
     # -- output helpers --
 
     def show(self, lines):
+        """Print Lines from the Session; True if one wants the bell."""
+        bell = False
         for line in lines:
-            self.term.show(line)
+            bell = bell or line.bell
+            if line.kind == "own":
+                # Drawn over the echo of the line just typed: one line, not two.
+                if not self.term.replace(line.text, "echo"):
+                    self.term.show(line.text)
+                self.last_out = line.out
+                continue
+            if line.kind == "mark":
+                if self.last_out is line.out and self.term.replace(line.text, "last"):
+                    continue
+                if line.note is None:
+                    continue  # a step on the way (sent): its outcome will say
+                self.term.show(line.note, diagnostic=True)
+            else:
+                self.term.show(line.text, diagnostic=line.kind != "chat")
+            self.last_out = None
+        return bell
+
+    def notice(self, text, role="info"):
+        self.show([Line(notice_line(self.now(), text, self.session.style, role))])
 
     def now(self):
         return self.clock()
@@ -597,15 +881,18 @@ class Client:
         # Receipts for everything shown from this read go out together, in
         # one /ack, after it has all been shown.
         shown = []
+        bell = False
         for item in self.decoder.feed(data):
             if not isinstance(item, bytes):
                 self._connection_lost("the server broke the framing (%s)" % item.detail)
                 return
             show, send = self.session.server_message(
                 item.decode("utf-8", "replace"), self.now())
-            self.show(show)
+            bell = self.show(show) or bell
             shown += [text[5:] for text in send if text.startswith("/ack ")]
             self._send([text for text in send if not text.startswith("/ack ")])
+        if bell:
+            self.term.bell()  # once for all that came in one read
         for start in range(0, len(shown), ACK_BATCH):
             self._send(["/ack " + " ".join(shown[start:start + ACK_BATCH])])
         self._update_prompt()
@@ -616,6 +903,8 @@ class Client:
         if prompt != self.prompt:
             self.prompt = prompt
             self.term.set_prompt(prompt)
+            # A nick typed at the nick prompt is not worth recalling.
+            self.term.set_history(not self.session.asking_nick())
 
     def _read_socket(self):
         try:
@@ -698,9 +987,11 @@ class Client:
         self.done = True
         if self.session.bye and self.quitting_at is not None:
             return  # we asked to leave and the server said goodbye
+        # Issue 10 (resume) hooks in here: unless the user is leaving or
+        # --no-reconnect, reconnect with backoff and /resume instead of
+        # ending, keeping the terminal and the half-typed line as they are.
         self.lost = why
-        self.show([notice_line(self.now(), "Disconnected: %s." % why,
-                               self.session.style, "bad")])
+        self.notice("Disconnected: %s." % why, "bad")
 
     # -- signals --
 
@@ -711,8 +1002,10 @@ class Client:
             self.resized = True
         elif signum == signal.SIGTSTP:
             self.suspended = True
-        else:
+        elif signum == signal.SIGINT:
             self.interrupts += 1
+        else:
+            self.terminated = True
 
     def _handle_signals(self):
         if self.suspended:
@@ -725,12 +1018,18 @@ class Client:
             resize = getattr(self.term, "resize", None)
             if resize is not None:
                 resize()
-        if self.interrupts:
-            self.interrupts = 0
+        if self.terminated:
+            self.terminated = False
             if self.quitting_at is not None:
-                self.done = True  # Ctrl-C while leaving: stop waiting for BYE
+                self.done = True
             else:
                 self._quit()
+        while self.interrupts:
+            self.interrupts -= 1
+            if self.quitting_at is not None:
+                self.done = True  # Ctrl-C while leaving: stop waiting for BYE
+            elif not self.term.clear_line():
+                self._quit()  # on an empty line Ctrl-C leaves; else it clears it
 
     # -- the loop --
 
@@ -748,18 +1047,16 @@ class Client:
             handled.append(signal.SIGTSTP)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in handled}
         try:
-            self.show([notice_line(
-                self.now(), "Connected to %s (%s). /help lists the commands, /quit leaves."
-                % (_address(self.args.host, self.args.port),
-                   escape(self.greeting.split(" ")[1] if " " in self.greeting else "")),
-                self.session.style)])
+            self.notice("Connected to %s (%s). /help lists the commands, /quit leaves."
+                        % (_address(self.args.host, self.args.port),
+                           escape(parse_greeting(self.greeting)[0])))
             if self.interactive and not self.args.nick:
-                self.show([notice_line(self.now(), "Choose a nick: 1-32 letters, digits, "
-                                       "_ - or ., starting with a letter.",
-                                       self.session.style)])
+                self.notice("Choose a nick: 1-32 letters, digits, _ - or ., "
+                            "starting with a letter.")
             if hasattr(self.term, "set_completion"):
                 self.term.set_completion(self.session.completions)
             self.prompt = self.session.prompt()
+            self.term.set_history(not self.session.asking_nick())
             self.term.start(self.prompt)
             self._update_stdin()
             self._flush()
@@ -781,9 +1078,8 @@ class Client:
             timeout = self._timeout()
             if timeout is not None and timeout <= 0:
                 if self.quitting_at is not None:
-                    self.show([notice_line(self.now(), "No goodbye from the server in %g s; "
-                                           "leaving anyway." % QUIT_WAIT,
-                                           self.session.style, "bad")])
+                    self.notice("No goodbye from the server in %g s; leaving anyway."
+                                % QUIT_WAIT, "bad")
                     break
                 self._eof_wait_over()
                 continue
@@ -894,11 +1190,13 @@ def make_parser():
         prog="tcpchat-client",
         description="A terminal chat client for tcpchat-server: line editing and "
                     "history, and a delivery state for every message you send.",
-        epilog="Keys: Enter sends, Up and Down recall earlier lines, Ctrl-C, Ctrl-D on an "
-               "empty line, /quit or :quit: leave. Type /help once connected for the "
-               "commands. With stdin not a terminal, each input line is sent as typed, and "
-               "at its end the client waits up to --wait seconds for the outcome of every "
-               "message. Exit status: 0 done (with piped input: every message delivered); "
+        epilog="Keys: Enter sends, Up and Down recall earlier lines, Ctrl-C clears the line; "
+               "Ctrl-C or Ctrl-D on an empty line, /quit or :quit: leave. Type /help once "
+               "connected for the commands. With stdin not a terminal, each input line is "
+               "sent as typed, what others say is printed on stdout and everything else on "
+               "stderr, and at the end of the input the client waits up to --wait seconds "
+               "for the outcome of every message. Exit status: 0 done (with piped input: "
+               "every message delivered); "
                "1 piped input with a message not delivered or a request refused; 2 bad "
                "options; 3 cannot connect (a TLS certificate refused too), or the server "
                "went away.",
@@ -925,7 +1223,11 @@ def make_parser():
     parser.add_argument("--pair", metavar="NICK",
                         help="ask NICK for a private pair after registering")
     parser.add_argument("--no-color", action="store_true",
-                        help="no colours (also when NO_COLOR is set or stdout is not a terminal)")
+                        help="no colours (also when NO_COLOR is set, TERM is dumb or stdout "
+                             "is not a terminal)")
+    parser.add_argument("--no-bell", action="store_true",
+                        help="do not ring the terminal bell for private messages, pair "
+                             "requests and mentions of your nick")
     parser.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
                         help="with piped input: how long to wait at its end for messages "
                              "to be delivered (default: %(default)s)")
@@ -940,9 +1242,21 @@ def _use_color(args, environ):
     return os.isatty(1) and environ.get("TERM") != "dumb"
 
 
-def _unicode_ok():
-    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
-    return encoding in ("utf8", "utf_8")
+def _colors(environ):
+    """256 where the terminal says it has them, else the basic 8."""
+    if "256" in environ.get("TERM", "") or environ.get("COLORTERM"):
+        return 256
+    return 8
+
+
+def _unicode_ok(environ, encoding):
+    """Whether marks and arrows may be UTF-8: the locale says UTF-8, and so
+    does stdout. The locale is read from the environment, as the terminal
+    was set up: Python's own UTF-8 mode would call even the C locale UTF-8."""
+    locale = environ.get("LC_ALL") or environ.get("LC_CTYPE") or environ.get("LANG") or ""
+    utf8 = ("utf8", "utf_8")
+    return locale.lower().replace("-", "").split(".")[-1].split("@")[0] in utf8 and \
+        (encoding or "").lower().replace("-", "") in utf8
 
 
 def resolve_tls(args):
@@ -957,7 +1271,9 @@ def resolve_tls(args):
 
 def main(argv=None):
     args = resolve_tls(make_parser().parse_args(argv))
-    style = Style(color=_use_color(args, os.environ), unicode=_unicode_ok())
+    style = Style(color=_use_color(args, os.environ),
+                  unicode=_unicode_ok(os.environ, getattr(sys.stdout, "encoding", None)),
+                  colors=_colors(os.environ))
     term = open_terminal(history_path())
     client = Client(args, term, style)
     try:

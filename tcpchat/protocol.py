@@ -59,12 +59,13 @@ COMMANDS = (
     "/ping",
     "/ack",
     "/help",
+    "/resume",
     "/quit",
     ":quit:",
 )
 
 #: Commands allowed before /nick succeeds; anything else is ERR not-registered.
-OPEN_COMMANDS = frozenset(("/nick", "/help", "/ping", "/quit", ":quit:"))
+OPEN_COMMANDS = frozenset(("/nick", "/resume", "/help", "/ping", "/quit", ":quit:"))
 
 #: Every CODE an ``ERR CODE TEXT`` reply can carry.
 ERROR_CODES = (
@@ -85,6 +86,7 @@ ERROR_CODES = (
     "usage",
     "no-such-message",
     "timeout",
+    "bad-token",
 )
 
 #: The first word of every message the server sends.
@@ -106,6 +108,9 @@ SERVER_KEYWORDS = (
     "PONG",
     "BYE",
     "HELP",
+    "SESSION",
+    "AWAY",
+    "BACK",
 )
 
 #: The /help text, one ``HELP`` line each, then ``OK help COUNT``.
@@ -119,6 +124,7 @@ HELP = (
     "/who              list the users and whether they are free or paired",
     "/ping [TOKEN]     the server answers PONG [TOKEN]",
     "/ack ID [ID ...]  receipt: you have seen these messages (clients send it themselves)",
+    "/resume TOKEN     on a new connection, be again who you were (TOKEN from SESSION)",
     "/quit [REASON]    leave (also :quit:)",
     "Replies: SENT ID TO COUNT when the server takes your message, "
     "DELIVERED ID NICK when NICK has it, FAILED ID NICK CODE TEXT when it did not arrive.",
@@ -131,6 +137,8 @@ FAILURE_CODES = (
     "slow-consumer",  # it was cut off for not reading; never written
     "shutdown",  # the server stopped before writing it
     "no-receipt",  # written (at least in part), never confirmed: maybe seen
+    "away-expired",  # held for a user who was away and never came back
+    "away-full",  # the away user already had as much held as its limit allows
 )
 
 _NICK = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,31}\Z")

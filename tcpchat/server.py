@@ -33,6 +33,7 @@ registration timeout); a failed one ends that connection alone.
 import argparse
 import errno
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -40,7 +41,7 @@ import sys
 import time
 from itertools import islice
 
-from . import __version__, logs
+from . import __version__, logs, state
 from .chat import Chat, Limits, Session, parse_exemptions
 
 # tcpchat.tls (and with it ssl) is imported only when TLS is asked for: a
@@ -155,11 +156,13 @@ class Server:
     """The event loop. ``serve_forever`` returns when shut down by a signal."""
 
     def __init__(self, chat, host=DEFAULT_HOST, port=DEFAULT_PORT, keepalive=0,
-                 certificate=None, tls_port=DEFAULT_TLS_PORT):
+                 restart_on_stop=False, certificate=None, tls_port=DEFAULT_TLS_PORT):
         """``port`` None: no plain listener. ``certificate`` (a loaded
         tls.Certificate): also listen for TLS on ``tls_port``."""
         self.chat = chat
         self.keepalive = keepalive
+        # With a state file, SIGTERM is a restart: users are kept (see main).
+        self.restart_on_stop = restart_on_stop
         if certificate is not None:
             _import_tls()
         self.selector = selectors.DefaultSelector()
@@ -328,7 +331,7 @@ class Server:
                 # Nothing can be said to a TLS client before its handshake.
                 for s in list(self._handshaking):
                     chat.disconnect(s, "server shutting down")
-                chat.shutdown(now)
+                chat.shutdown(now, restarting=self.restart_on_stop)
                 self._flush()
                 stop_by = now + chat.limits.drain_time
                 next_tick = now + min(TICK, 0.05)
@@ -776,6 +779,14 @@ def _positive_int(text):
     return value
 
 
+def _frame_size(text):
+    value = int(text)
+    if value < 512:
+        # max-text is --max-frame minus 128 (protocol.MSG_HEADROOM).
+        raise argparse.ArgumentTypeError("must be at least 512")
+    return value
+
+
 def _seconds(text):
     value = float(text)
     if value <= 0:
@@ -835,8 +846,9 @@ def make_parser():
                    help="connections at once; one more gets ERR server-full")
     p.add_argument("--max-line", type=_positive_int, default=d.max_line, metavar="BYTES",
                    help="longest line-mode message")
-    p.add_argument("--max-frame", type=_positive_int, default=d.max_frame, metavar="BYTES",
-                   help="largest framed message")
+    p.add_argument("--max-frame", type=_frame_size, default=d.max_frame, metavar="BYTES",
+                   help="largest frame, both ways (at least 512); chat text may be "
+                   "128 bytes less (max-text)")
     p.add_argument("--max-queue", type=_positive_int, default=d.max_queue, metavar="BYTES",
                    help="unwritten output per connection before it is dropped as a slow consumer")
     p.add_argument("--max-unacked", type=_positive_int, default=d.max_unacked, metavar="N",
@@ -864,6 +876,14 @@ def make_parser():
     p.add_argument("--exempt-address", type=_network, action="append", metavar="CIDR",
                    help="an address or network exempt from --max-per-address; repeatable; "
                    "giving it replaces the default list (127.0.0.1 and ::1)")
+    p.add_argument("--resume-time", type=_seconds_or_off, default=d.resume_time,
+                   metavar="SECONDS", help="how long a user whose connection was lost "
+                   "stays away, nick and pair kept and messages held, for /resume; "
+                   "0 turns resume off")
+    p.add_argument("--state-file", metavar="PATH",
+                   help="on SIGTERM or SIGINT save users, pairs and undelivered messages "
+                   "here and say BYE server restarting; load them at start, so clients "
+                   "resume after a restart")
     p.add_argument("--log-file", metavar="PATH", help="also log to this file")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"),
@@ -880,6 +900,8 @@ def make_parser():
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
+    if args.state_file and not args.resume_time:
+        parser.error("--state-file needs resume: --resume-time more than 0")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.tls_only and not args.tls_cert:
@@ -919,12 +941,13 @@ def main(argv=None):
         receipt_timeout=args.receipt_timeout,
         max_per_address=args.max_per_address,
         exempt=tuple(args.exempt_address) if args.exempt_address else None,
+        resume_time=args.resume_time,
     )
     chat = Chat(limits, logging.getLogger("tcpchat.chat"), log_text=not args.no_log_text)
     try:
         server = Server(chat, args.host, None if args.tls_only else args.port,
-                        keepalive=args.keepalive, certificate=certificate,
-                        tls_port=args.tls_port)
+                        keepalive=args.keepalive, restart_on_stop=bool(args.state_file),
+                        certificate=certificate, tls_port=args.tls_port)
     except (OSError, UnicodeError) as e:
         port = args.tls_port if args.tls_only else args.port
         if getattr(e, "tcpchat_port", None) is not None:
@@ -933,6 +956,8 @@ def main(argv=None):
                   e.strerror if isinstance(e, OSError) and e.strerror else e)
         logs.flush()
         return 1
+    if args.state_file:
+        load_state(chat, args.state_file)
     server.install_signal_handlers()
     # Supervisors and tests wait for these lines; the plain one comes first.
     if server.address:
@@ -941,9 +966,52 @@ def main(argv=None):
         log.info("tcpchat-server %s listening for TLS on %s", __version__, server.tls_address)
     logs.flush()  # now, not after the first pass: supervisors wait for it
     server.serve_forever()
+    status = 0
+    if args.state_file and not save_state(chat, args.state_file):
+        status = 1
     log.info("stopped")
     logs.flush()
-    return 0
+    return status
+
+
+def load_state(chat, path):
+    """Take back what the last planned stop saved; the file is used once
+    (a crash later must not bring back state from before it)."""
+    try:
+        data = state.load(path)
+    except state.StateError as e:
+        try:
+            aside = state.set_aside(path)
+        except OSError as e2:
+            aside = "nowhere (%s)" % (e2.strerror or e2)
+        log.warning("state file %s unusable (%s): set aside as %s; starting empty",
+                    path, e, aside)
+        return
+    if data is None:
+        log.info("no state file at %s: starting empty", path)
+        return
+    users, messages = chat.restore(data, time.monotonic())
+    try:
+        os.unlink(path)
+    except OSError as e:
+        log.warning("cannot remove %s after loading it: %s", path, e.strerror or e)
+    log.info("restored %d users and %d messages from %s; they may resume for %g s",
+             users, messages, path, chat.limits.resume_time)
+
+
+def save_state(chat, path):
+    started = time.monotonic()
+    data = chat.snapshot()
+    try:
+        size = state.save(path, data)
+    except OSError as e:
+        log.error("cannot save the state to %s: %s; %d users lose their sessions",
+                  path, e.strerror or e, len(data["users"]))
+        return False
+    log.info("state saved to %s: %d users, %d messages, %d bytes in %.0f ms",
+             path, len(data["users"]), len(data["messages"]), size,
+             (time.monotonic() - started) * 1000)
+    return True
 
 
 if __name__ == "__main__":

@@ -172,6 +172,17 @@ def test_unit_passes_systemd_analyze_verify(tmp_path, dropin):
     assert result.stdout.strip() == "", result.stdout
 
 
+def test_restarts_keep_sessions_in_the_state_directory():
+    # systemctl restart loses nothing: the state file is in the unit's
+    # StateDirectory, the one place besides the logs it may write.
+    assert service_value("StateDirectory") == "tcpchat"
+    from tcpchat.server import make_parser
+
+    args = make_parser().parse_args(sysconfig_options())
+    assert args.state_file == "/var/lib/tcpchat/state"
+    assert args.resume_time > 0
+
+
 # -- TLS: the drop-ins that let the dynamic user read a root-only key --------
 
 #: Directives systemd 239 (Oracle Linux 8) does not know, with the version

@@ -119,7 +119,12 @@ def test_garbage_from_one_client_never_hurts_another(srv):
     assert srv.proc.poll() is None
 
 
-def test_partner_reset_unpairs_and_fails_pending(srv):
+def test_partner_reset_unpairs_and_fails_pending():
+    with ServerProcess("--resume-time", "0") as srv:
+        _partner_reset_unpairs_and_fails_pending(srv)
+
+
+def _partner_reset_unpairs_and_fails_pending(srv):
     a = srv.connect(nick="alice")
     b = srv.connect(framed=True, nick="bob")
     a.send("/pair bob")
@@ -168,9 +173,9 @@ def test_max_line_discards_and_keeps_the_connection():
 
 
 def test_max_frame_closes_after_the_error():
-    with ServerProcess("--max-frame", "100") as srv:
+    with ServerProcess("--max-frame", "512") as srv:
         a = srv.connect(framed=True, nick="alice")
-        a.send_raw(struct.pack(">I", 101))
+        a.send_raw(struct.pack(">I", 513))
         seen = a.expect_closed()
         assert len(seen) == 1 and seen[0].startswith("ERR too-long ")
 
@@ -186,7 +191,7 @@ def test_register_timeout_closes_silent_connections():
 
 
 def test_slow_consumer_is_dropped_while_others_chat():
-    with ServerProcess("--max-queue", "65536", "--max-line", "8192") as srv:
+    with ServerProcess("--max-queue", "65536", "--max-line", "8192", "--resume-time", "0") as srv:
         sender = srv.connect(nick="sender")
         talk_a = srv.connect(nick="ta")
         talk_b = srv.connect(nick="tb")

@@ -384,7 +384,7 @@ def test_client_verifies_with_a_private_ca_and_delivers(server, ca, tmp_path):
                    stdin="/msg bob sealed\n", tmp_path=tmp_path)
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
     assert bob.expect("MSG ").endswith(" ci bob sealed")
-    assert '"sealed" delivered to bob' in p.stdout.decode()
+    assert '"sealed" delivered to bob' in (p.stdout + p.stderr).decode()
 
 
 def test_client_trusts_the_system_store_with_tls_alone(server, ca, tmp_path):
@@ -489,7 +489,7 @@ def test_openssl_s_client_is_nc_with_tls(server, ca):
         timeout=TIMEOUT * 2)
     lines = p.stdout.decode().splitlines()
     assert lines[0].startswith("HELLO tcpchat/1 "), (lines, p.stderr)
-    assert lines[1:] == ["OK nick alice", "BYE goodbye"]
+    assert "OK nick alice" in lines and lines[-1] == "BYE goodbye", lines
 
 
 def test_certificates_from_the_openssl_command_verify_too(tmp_path, monkeypatch):
