@@ -296,6 +296,19 @@ def test_bad_options_and_a_bad_pair_at_start(pair, tmp_path):
     assert p.returncode == 1 and "missing.key" in p.stderr
 
 
+def test_an_encrypted_key_is_refused_not_asked_for(pair, tmp_path):
+    # A service has no terminal to type a passphrase on: say so and stop.
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    encrypted = str(tmp_path / "encrypted.key")
+    subprocess.run(["openssl", "pkey", "-in", pair[1], "-aes256", "-passout", "pass:x",
+                    "-out", encrypted], check=True, timeout=60)
+    from tcpchat.tls import TLSConfigError, server_context
+    with pytest.raises(TLSConfigError) as e:
+        server_context(pair[0], encrypted)
+    assert "encrypted" in str(e.value)
+
+
 def test_credentials_directory_holds_relative_names(pair, ca, tmp_path):
     creds = tmp_path / "credentials"
     creds.mkdir()
