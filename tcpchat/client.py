@@ -98,6 +98,10 @@ RECONNECT_JITTER = 0.25
 #: waits meanwhile (keys wait in the terminal, unlost), so it is short;
 #: Ctrl-C ends a try at once.
 RECONNECT_TIMEOUT = 5.0
+#: Seconds of silence after which TCP keepalive starts probing the
+#: connection: one that died without a word (Wi-Fi gone, a laptop lid) is
+#: then found within about twice this, and the client reconnects.
+KEEPALIVE = 30
 #: Seconds to wait for BYE after sending /quit before leaving anyway.
 QUIT_WAIT = 2.0
 #: Default seconds piped mode waits at end of input for outcomes.
@@ -1063,6 +1067,19 @@ class _Interrupted(Exception):
     """Ctrl-C, SIGTERM or SIGHUP during a blocking reconnect try: ends it."""
 
 
+def keep_alive(sock, seconds=KEEPALIVE):
+    """TCP keepalive (probes after ``seconds`` idle, every ``seconds / 6``,
+    six of them) and TCP_USER_TIMEOUT (data unacknowledged for twice
+    ``seconds``): either ends a connection whose peer vanished. Options
+    this system lacks are left out; all are there on Linux."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // 6)),
+                        ("TCP_KEEPCNT", 6), ("TCP_USER_TIMEOUT", 2 * seconds * 1000)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 def backoff(tries, rnd=random):
     """Seconds to wait before the next reconnect try, after ``tries``
     failed ones: RECONNECT_FIRST doubling up to RECONNECT_MAX, jittered."""
@@ -1148,6 +1165,10 @@ class Client:
 
     def _attach(self, sock, greeting, rest):
         """Make a greeted connection the one the loop serves."""
+        try:
+            keep_alive(sock)
+        except OSError:
+            pass  # not a TCP socket after all: a loss is still found on write
         sock.setblocking(False)
         self.sock = sock
         self.sel.register(sock, selectors.EVENT_READ, "socket")
@@ -1255,6 +1276,12 @@ class Client:
             bell = self.show(show) or bell
             shown += [text[5:] for text in send if text.startswith("/ack ")]
             self._send([text for text in send if not text.startswith("/ack ")])
+            if self.sock is None:
+                # That write found the connection dead, and the Session
+                # has let go of its requests: the rest of this read would
+                # answer requests it no longer has. What was shown unacked
+                # comes again after the resume.
+                break
         if bell:
             self.term.bell()  # once for all that came in one read
         for start in range(0, len(shown), ACK_BATCH):

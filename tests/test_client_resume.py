@@ -19,7 +19,8 @@ from serverproc import REPO, TIMEOUT, ServerProcess
 from test_client import NEW_GREETING, WHEN, FakeServer, assert_cooked, client_env, texts
 from test_client import start_client  # noqa: F401 (a fixture, used by its name)
 
-from tcpchat.client import (HOLD_LINES, RECONNECT_FIRST, RECONNECT_MAX, Session, backoff)
+from tcpchat.client import (HOLD_LINES, RECONNECT_FIRST, RECONNECT_MAX, Session, backoff,
+                            keep_alive)
 from tcpchat.render import Style
 
 
@@ -293,6 +294,15 @@ def test_backoff_doubles_to_a_ceiling_with_jitter():
     assert waits[3] > waits[0] * 4
     assert len({backoff(2, rnd) for _ in range(20)}) > 1  # not all at once
     assert backoff(10 ** 6, rnd) <= RECONNECT_MAX * 1.25
+
+
+def test_a_connection_that_dies_silently_is_found_by_keepalive():
+    import socket
+    with socket.socket() as sock:
+        keep_alive(sock, 30)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60000
 
 
 # --------------------------------------------------------------------------
