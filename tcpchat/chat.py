@@ -96,8 +96,9 @@ from .protocol import (
 __all__ = ["Limits", "Chat", "Session", "User", "Message", "parse_exemptions"]
 
 #: Units of one connection's input acted on per loop pass (see Fairness).
-#: At about 1.5 us a unit, a pass spends at most a few ms on one client.
-PASS_BUDGET = 1024
+#: At a few us a unit (a queued message and its share of a write), a pass
+#: spends a few ms at most on one client, however fast it sends.
+PASS_BUDGET = 256
 #: Bytes a message, command or frame may have before its sender registers:
 #: /nick, /ping and /help are short, and a connection that has not said who
 #: it is should not make the server hold 64 KiB for it.
@@ -140,7 +141,7 @@ class Limits:
         register_timeout=60.0,  # seconds from connect to a successful /nick
         presence_limit=256,  # registered users up to which all see presence
         drain_time=2.0,  # seconds a closing connection gets to flush
-        rate=50000,  # units a second per connection (see Fairness); 0: no limit
+        rate=20000,  # units a second per connection (see Fairness); 0: no limit
         receipt_timeout=60.0,  # seconds a recipient may hold a message; 0: none
         max_per_address=16,  # connections from one address; 0: no limit
         exempt=None,  # networks exempt from max_per_address
