@@ -827,6 +827,10 @@ class Session:
 
     def _on_err(self, msg, when):
         code = msg.fields[0]
+        if code == "timeout":
+            # No /nick in time: the server closes on purpose, and coming
+            # back would only wait at the nick prompt to be closed again.
+            self.bye = True
         if code in ("no-such-message", "timeout", "server-full", "too-many-connections"):
             # Not an answer to a queued request: an /ack's own error (its
             # ids are the first words of the text), or the server giving up

@@ -260,6 +260,14 @@ def test_quit_while_offline_sends_nothing_and_restarting_is_said_plainly():
         "09:05:07 The server ended the session: server restarting."]
 
 
+def test_a_register_timeout_is_an_ending_not_a_loss():
+    # The Client reconnects after a loss unless the server ended on purpose.
+    s = Session(Style(color=False))
+    s.greeted(NEW_GREETING)
+    s.server_message("ERR timeout no /nick within 60 s, closing", WHEN)
+    assert s.bye and not s.restarting
+
+
 def test_the_token_never_reaches_the_screen_even_in_an_error():
     s = registered(token="s3cr3t")
     s.lost(WHEN)
