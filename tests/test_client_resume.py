@@ -502,12 +502,13 @@ def test_piped_input_with_an_unknown_outcome_exits_1(fake, tmp_path):
         assert fake.next_frame() == "/nick ci"
         fake.send("SESSION tok-p 120", "OK nick ci")
         p.stdin.write(b"/msg bob did this get there\n")
-        p.stdin.close()
+        p.stdin.flush()  # the input goes on: the client must come back
         assert fake.next_frame() == "/msg bob did this get there"
         fake.drop()  # before any answer
         fake.accept()
         assert fake.frames(2) == ["/resume tok-p", "/ping"]
         fake.send("SESSION tok-q 120", "OK resume ci", "PONG")
+        p.stdin.close()
         assert fake.next_frame() == "/quit"
         fake.send("BYE goodbye")
         _, err = finish(p)
