@@ -22,20 +22,30 @@ Client asks the terminal to redraw that line in place, and when it cannot
 
 ``Client`` is the shell: the socket, the terminal (tcpchat.terminal), the
 signals, and the loop that moves bytes between them and the Session.
-Losing the connection ends it today; reconnecting and resuming (issue 10)
-will live in ``Client._connection_lost``, with ``Session.greeted`` called
-again for the new connection.
+
+Losing the connection (or ``BYE server restarting``) does not end the
+client (tcpchat(7), RESUME). The split holds there too: the Client owns
+the timing (tries with backoff, Ctrl-C, the --wait of piped input) and
+tells the Session ``lost`` and, on a new connection, ``greeted`` and
+``rejoin``; the Session decides what to send (``/resume`` with the latest
+token, or ``/nick`` again when the server no longer knows the token) and
+what to say (messages whose outcome became unknown, one line on what the
+resume brought). While offline it holds what is typed and sends it once
+back. A resumed server sends again every message we may not have
+acknowledged, with its original id: each id is shown once and acked again.
 
 Exit status: 0 normal end (and, with piped input, every message
 delivered); 1 piped input whose messages were not all delivered or that
 got an error; 2 bad command line; 3 could not connect, or the server went
-away.
+away and did not come back (--no-reconnect, Ctrl-C while reconnecting,
+piped input past --wait).
 """
 
 import argparse
 import collections
 import errno
 import os
+import random
 import selectors
 import signal
 import socket
@@ -79,6 +89,21 @@ EXIT_CONNECTION = 3
 
 #: Seconds for connect() and for the greeting line after it.
 CONNECT_TIMEOUT = 10.0
+#: Reconnecting after a loss: the first wait, in seconds, doubled after
+#: each failed try up to RECONNECT_MAX, each wait moved at random by up to
+#: RECONNECT_JITTER of itself either way, so that the clients of a
+#: restarted server do not all knock at the same instant.
+RECONNECT_FIRST = 0.5
+RECONNECT_MAX = 10.0
+RECONNECT_JITTER = 0.25
+#: Seconds one reconnect try may take (connect and greeting). The loop
+#: waits meanwhile (keys wait in the terminal, unlost), so it is short;
+#: Ctrl-C ends a try at once.
+RECONNECT_TIMEOUT = 5.0
+#: Seconds of silence after which TCP keepalive starts probing the
+#: connection: one that died without a word (Wi-Fi gone, a laptop lid) is
+#: then found within about twice this, and the client reconnects.
+KEEPALIVE = 30
 #: Seconds to wait for BYE after sending /quit before leaving anyway.
 QUIT_WAIT = 2.0
 #: Default seconds piped mode waits at end of input for outcomes.
@@ -100,6 +125,16 @@ DEFAULT_MAX_FRAME = 65536
 HEADER_ROOM = 128
 #: How many names the line on arrival shows before "and N more".
 WHO_NAMES = 5
+#: Lines typed while the connection is down, kept to send once it is back;
+#: one more is refused with a line saying so. Piped input needs no bound:
+#: stdin is not read while the connection is down.
+HOLD_LINES = 100
+#: Message ids shown, remembered so that one the server delivers again
+#: after a resume is shown once: far above the server's --max-unacked.
+SHOWN_IDS = 10000
+#: Why a message has no known outcome (the "unknown" state).
+LOST_IN_FLIGHT = "outcome unknown: lost with the connection before the server answered"
+FORGOTTEN = "outcome unknown: the server lost track of it"
 
 
 def parse_greeting(line):
@@ -137,14 +172,16 @@ class Outgoing:
         self.when = when  # when it was typed: its line keeps that stamp
         self.msg_id = None  # set by SENT
         self.total = None  # recipients counted by SENT
-        # pending -> sent -> delivered | failed | unconfirmed; refused (ERR)
+        # pending -> sent -> delivered | failed | unconfirmed; refused (ERR);
+        # queued (typed while the connection was down) -> pending; pending
+        # or sent -> unknown when the connection or the server forgot it.
         self.state = "pending"
         self.got = None  # DELIVERED ID * N: how many have it
         self.reason = None  # why it failed or was refused, for a person
 
     @property
     def open(self):
-        return self.state in ("pending", "sent")
+        return self.state in ("pending", "queued", "sent")
 
     def __repr__(self):
         return "Outgoing(#%s to %r, %r, %s)" % (self.msg_id, self.to, self.text, self.state)
@@ -175,15 +212,39 @@ class Line:
 
 
 class _Expect:
-    """One request on the wire whose final reply has not come yet."""
+    """One request on the wire whose final reply has not come yet (or,
+    typed while the connection is down, one held to be sent)."""
 
-    __slots__ = ("what", "outgoing", "setup", "arrival")
+    __slots__ = ("what", "outgoing", "setup", "arrival", "typed", "resume")
 
-    def __init__(self, what, outgoing=None, setup=False, arrival=False):
+    def __init__(self, what, outgoing=None, setup=False, arrival=False, typed=False,
+                 resume=None):
         self.what = what  # how to name it in an error line
         self.outgoing = outgoing  # the chat message, for chat text
         self.setup = setup  # the --nick / --pair sent for the user
         self.arrival = arrival  # our own /who on arrival: one line, not a list
+        self.typed = typed  # a command the user typed
+        # "resume": our /resume; "end": the /ping after it, whose PONG
+        # comes after everything the resume sends (pipelining keeps order).
+        self.resume = resume
+
+
+class _Replay:
+    """What a resume brought, between OK resume and the PONG after it,
+    summed up for one line."""
+
+    __slots__ = ("partner", "paired", "delivered", "named", "failed", "new")
+
+    #: Delivered messages named (quoted) in the line; the rest are counted.
+    NAMED = 3
+
+    def __init__(self, partner):
+        self.partner = partner  # whom we were paired with at the loss
+        self.paired = False  # PAIRED with them again
+        self.delivered = 0  # our messages delivered while away
+        self.named = []  # short quotes of the first few
+        self.failed = 0
+        self.new = 0  # messages for us not shown before
 
 
 class _Who:
@@ -196,6 +257,10 @@ class _Who:
         self.first = []
         self.count = 0
         self.paired = 0
+
+
+def _count(n, noun):
+    return "%d %s%s" % (n, noun, "" if n == 1 else "s")
 
 
 def _audience(to, partner):
@@ -214,8 +279,10 @@ class Session:
     ``/ack`` must only go out once its message is on the screen.
     """
 
-    def __init__(self, style, nick=None, pair=None, interactive=True, bell=True):
+    def __init__(self, style, nick=None, pair=None, interactive=True, bell=True,
+                 reconnect=True):
         self.style = style
+        self.reconnect = reconnect  # the Client comes back after a loss
         self.wanted_nick = nick
         self.pair_target = pair
         self.interactive = interactive
@@ -226,7 +293,22 @@ class Session:
         self.registered_once = False
         self.registration_failed = False
         self.bye = False
+        self.restarting = False  # the BYE was "server restarting"
         self.leaving = False  # the user asked to quit
+        # Reconnecting (issue 10). The Client says when the connection is
+        # lost (lost) and when a new one is greeted (rejoin); in between the
+        # Session is offline and holds what is typed. ``restoring``, on the
+        # new connection: "resume" (our /resume unanswered), "replay" (OK
+        # resume came; what it resends runs until the PONG of the /ping
+        # sent after it) or "register" (the token was refused: /nick again).
+        self.offline = False
+        self.restoring = None
+        self._replay = None  # _Replay while restoring is "replay"
+        self._fresh = False  # registering afresh: the server lost our session
+        self._repair = None  # whom to ask to pair again once registered afresh
+        self._held = collections.deque()  # (wire, _Expect) typed while offline
+        # MSG ids shown (an ordered set, oldest first, SHOWN_IDS at most).
+        self._shown = collections.OrderedDict()
         # The server's limits, from its greeting (greeted), in bytes.
         self.max_frame = DEFAULT_MAX_FRAME
         self.max_text = DEFAULT_MAX_FRAME - HEADER_ROOM
@@ -255,9 +337,132 @@ class Session:
         older server) the documented defaults stand."""
         _version, params, _text = parse_greeting(greeting)
         self.server_params = params
+        self.offline = False
         self.max_frame = _limit(params, "max-frame", DEFAULT_MAX_FRAME)
         self.max_text = min(_limit(params, "max-text", self.max_frame - HEADER_ROOM),
                             self.max_frame)
+
+    def lost(self, when):
+        """The connection is gone and the Client will connect again.
+        Returns the Lines to show: what was in flight and is now unknown.
+
+        A message the server had not answered with SENT may or may not
+        have reached it, and if it did, its outcome will name an id we
+        never learnt: its outcome is unknown, and the user is told so now.
+        A message with its SENT stays open: its outcome arrives by id after
+        the resume. Requests that were not answered are dropped; a command
+        the user typed is named, so nothing goes unanswered unsaid.
+        """
+        self.offline = True
+        self.restoring = None
+        self._replay = None
+        self._who = None
+        self.bye = self.restarting = False
+        show = []
+        for req in self._waiting:
+            out = req.outgoing
+            if out is not None and out.open:
+                out.reason = LOST_IN_FLIGHT
+                self._settle(out, "unknown", failed=True)
+                show += self._redraw(out, when)
+            elif req.typed:
+                show.append(Line(notice_line(
+                    when, "No answer to %s before the connection was lost." % req.what,
+                    self.style, "warn")))
+        self._waiting.clear()
+        self._setup = 0
+        return show
+
+    def rejoin(self, when):
+        """Greeted on a new connection after ``lost``: ``(show, send)``.
+
+        With a token, /resume it, and /ping at once: the PONG ends what
+        the resume sends again. Without one (the server keeps no sessions)
+        register the same nick again. Never registered: start over.
+        """
+        if self.resume_token:
+            self.restoring = "resume"
+            return [], (self._command("/resume " + self.resume_token, what="/resume",
+                                      resume="resume")
+                        + self._command("/ping", resume="end"))
+        if self.nick is not None:
+            return self._register_again(when, "The server keeps no sessions")
+        show = [Line(notice_line(when, "Connected again.", self.style, "good"))]
+        send = [] if self.registered_once else self.start()
+        # What was typed goes in order, after the --nick of a first start.
+        # Only chat for a nick refused meanwhile waits for the next OK nick.
+        if not self._fresh or any(w.lower().startswith("/nick ") for w, _ in self._held):
+            more_show, more = self._release(when)
+            show, send = show + more_show, send + more
+        return show, send
+
+    def _register_again(self, when, why):
+        """The server does not know us (any more): register the same nick
+        as a new session, ask the same pair again once registered, and tell
+        which messages now have an unknown outcome. ``(show, send)``."""
+        self.restoring = "register"
+        self._fresh = True
+        self.resume_token = None
+        self._replay = None
+        # A server that lost its state may use message ids again.
+        self._shown.clear()
+        show = [Line(notice_line(when, "%s; registering again as %s." % (why, escape(self.nick)),
+                                 self.style, "warn"))]
+        for out in list(self._open):
+            if out.msg_id is not None and out.open:
+                out.reason = FORGOTTEN
+                self._settle(out, "unknown", failed=True)
+                show += self._redraw(out, when)
+        self._by_id.clear()
+        self._repair = self._repair or self.partner or self.pair_requested
+        self.partner = self.pair_requested = None
+        self.asked_by.clear()
+        return show, self._command("/nick " + self.nick, setup=True)
+
+    def _registered_again(self, when):
+        """OK nick for ``_register_again``: ask the pair again, send what
+        was held. ``(show, send)``."""
+        self._fresh = False
+        self.restoring = None
+        text = "Back as %s, in a new session" % escape(self.nick)
+        send = []
+        if self._repair:
+            text += "; asking %s to pair again" % escape(self._repair)
+            send += self._command("/pair " + self._repair, setup=True)
+            self._repair = None
+        show, more = self._release(when)
+        return [Line(notice_line(when, text + ".", self.style, "good"))] + show, send + more
+
+    def _end_replay(self, when):
+        """The PONG after a resume: one line for all it brought, then what
+        was held goes. ``(show, send)``."""
+        r, self._replay = self._replay, None
+        self.restoring = None
+        text = "Back as %s" % escape(self.nick)
+        if r.paired:
+            text += ", paired with %s again" % escape(self.partner)
+        elif r.partner is not None and self.partner is not None and \
+                self.partner.lower() == r.partner.lower():
+            # No PAIRED and no UNPAIRED: the pair is gone all the same.
+            self.partner = None
+            text += ", no longer paired with %s" % escape(r.partner)
+        facts = []
+        if r.delivered:
+            named = ", ".join(r.named)
+            if r.delivered > len(r.named):
+                named += ", ..."
+            facts.append("%d of your messages delivered while you were away (%s)"
+                         % (r.delivered, named))
+        if r.failed:
+            facts.append("%d failed (said above)" % r.failed)
+        if r.new:
+            facts.append("%s for you above" % _count(r.new, "new message"))
+        if self._held:
+            facts.append("sending the %s typed meanwhile" % _count(len(self._held), "line"))
+        if facts:
+            text += ": " + ", ".join(facts)
+        show, send = self._release(when)
+        return [Line(notice_line(when, text + ".", self.style, "good"))] + show, send
 
     @property
     def coded_failures(self):
@@ -268,12 +473,13 @@ class Session:
     # -- what the user typed --
 
     def prompt(self):
+        offline = " (offline)" if self.offline else ""
         if self.nick is None:
-            return "nick> "
+            return "nick%s> " % offline
         nick = escape(self.nick)
         if self.partner is not None:
-            return "%s%s%s> " % (nick, self.style.arrow, escape(self.partner))
-        return "%s> " % nick
+            nick += self.style.arrow + escape(self.partner)
+        return "%s%s> " % (nick, offline)
 
     def asking_nick(self):
         """Whether a typed line is the nick asked for (not history-worthy)."""
@@ -287,8 +493,14 @@ class Session:
 
     def ready(self):
         """Whether typed or piped lines may go: not while the --nick and
-        --pair requests are unanswered (piped lines would race them)."""
-        return self._setup == 0
+        --pair requests are unanswered (piped lines would race them), nor
+        while the connection is down or being restored."""
+        return self._setup == 0 and not self._holding()
+
+    def _holding(self):
+        """Whether what is typed now is held, to go once the session is
+        back: lines sent before a resume answers would be refused."""
+        return self.offline or self.restoring is not None
 
     def user_line(self, line, when):
         """A line the user typed (or piped). Returns ``(show, send)``."""
@@ -302,6 +514,8 @@ class Session:
             # Sent as /quit: a server older than that rule would broadcast
             # ":QUIT: bye" as chat instead of ending the session.
             self.leaving = True
+            if self.offline:
+                return [], []  # nobody to tell: the Client stops reconnecting
             reason = stripped[len(first):].strip()
             return [], self._command(("/quit " + reason).rstrip())
         if line.startswith("//"):
@@ -309,7 +523,8 @@ class Session:
         if not line.startswith("/"):
             if self.asking_nick():
                 # Before registering, a bare word is the nick being asked for.
-                return [], self._command("/nick " + stripped)
+                wire = "/nick " + stripped
+                return self._put(wire, _Expect(escape(wire), typed=True), when)
             return self._chat(line, line, None, None, when)
         if word == "/help":
             # What a person types, from us: the server's /help describes the
@@ -328,18 +543,61 @@ class Session:
             ids = rest.split()
             if not ids or not all(i.isdigit() for i in ids):
                 return [self._refused(when, escape(line), "usage", "/ack ID [ID ...]")], []
+            if self._holding():
+                return [self._refused(when, escape(line), "offline",
+                                      "not connected; the client acks by itself")], []
             return [], [line]
-        return self._refuse_long(line, when) or ([], self._command(line))
+        return self._refuse_long(line, when) or \
+            self._put(line, _Expect(escape(line), typed=True), when)
 
     def quit(self):
         """The messages that leave: /quit, answered by BYE."""
         self.leaving = True
         return self._command("/quit")
 
-    def _command(self, line, setup=False, arrival=False):
-        self._waiting.append(_Expect(escape(line), setup=setup, arrival=arrival))
+    def _command(self, line, setup=False, arrival=False, what=None, resume=None):
+        """Send ``line`` now (the client's own requests are never held)."""
+        self._waiting.append(_Expect(what or escape(line), setup=setup, arrival=arrival,
+                                     resume=resume))
         self._setup += setup
         return [line]
+
+    def _put(self, wire, req, when):
+        """``(show, send)`` for a request the user typed: sent now, or held
+        while the connection is down (at most HOLD_LINES when interactive,
+        each line beyond refused, so nothing typed vanishes unsaid)."""
+        if not self._holding():
+            self._waiting.append(req)
+            self._setup += req.setup
+            return [], [wire]
+        out = req.outgoing
+        if self.interactive and len(self._held) >= HOLD_LINES:
+            reason = "not sent: %d lines already wait for the connection" % HOLD_LINES
+            if out is None:
+                return [self._refused(when, req.what, "offline", reason)], []
+            out.reason = reason
+            self.errors += 1
+            self._settle(out, "refused", failed=True)
+            return [Line(self._own(out), "own", out)], []
+        self._held.append((wire, req))
+        if out is not None:
+            out.state = "queued"
+            return [Line(self._own(out), "own", out)] if self.interactive else [], []
+        return [Line(notice_line(when, "Queued: %s goes once the connection is back."
+                                 % req.what, self.style))], []
+
+    def _release(self, when):
+        """``(show, send)`` sending what was held, in the order typed."""
+        show, send = [], []
+        while self._held:
+            wire, req = self._held.popleft()
+            self._waiting.append(req)
+            self._setup += req.setup
+            send.append(wire)
+            if req.outgoing is not None and req.outgoing.state == "queued":
+                req.outgoing.state = "pending"
+                show += self._redraw(req.outgoing, when)
+        return show, send
 
     def _refused(self, when, what, code, reason):
         """A line we did not send, and why: counted as an error, as the
@@ -379,13 +637,21 @@ class Session:
             else:
                 to = "*"
         if wire is None:
-            wire = typed  # "//text" too: the server takes one slash off
+            if self._holding():
+                # Held, it goes after a resume that may have paired us
+                # meanwhile: plain text would then go to the partner.
+                wire = "/all " + text
+            else:
+                wire = typed  # "//text" too: the server takes one slash off
         refused = self._refuse_long(wire, when, text)
         if refused is not None:
             return refused
         out = Outgoing(text, to, _audience(to, self.partner), when)
         self._open.append(out)
-        self._waiting.append(_Expect(escape(typed), out))
+        req = _Expect(escape(typed), out)
+        if self._holding():
+            return self._put(wire, req, when)
+        self._waiting.append(req)
         show = [Line(self._own(out), "own", out)] if self.interactive else []
         return show, [wire]
 
@@ -416,7 +682,8 @@ class Session:
         """Candidates for Tab: the word being typed, after ``before``."""
         if not before.strip():
             if word.startswith("/") or word.startswith(":"):
-                pool = [c for c in COMMANDS if c != "/ack"]
+                # /ack and /resume are the client's to send, not typed.
+                pool = [c for c in COMMANDS if c not in ("/ack", "/resume")]
             else:
                 pool = self._other_nicks()
         else:
@@ -480,12 +747,27 @@ class Session:
         else:
             # To us alone; from our partner it is pair talk.
             audience = _audience(sender, self.partner)
+        send = ["/ack " + msg_id] if msg_id.isdigit() else []
+        if msg_id.isdigit() and not self._first_showing(msg_id):
+            # Sent again after a resume, our ack having been lost with the
+            # connection: acked again, not shown twice (tcpchat(7), RESUME).
+            return [], send
+        if self._replay is not None:
+            self._replay.new += 1
         # To us alone, or naming us: the lines a person must not miss.
         attention = audience != "everyone" or mentions(msg.text, self.nick)
         line = chat_line(when, sender, audience, msg.text, self.style, me=self.nick,
                          attention=attention)
-        send = ["/ack " + msg_id] if msg_id.isdigit() else []
         return [Line(line, "chat", bell=attention and self.bell)], send
+
+    def _first_showing(self, msg_id):
+        """Whether message ``msg_id`` is new to the screen; remembers it."""
+        if msg_id in self._shown:
+            return False
+        self._shown[msg_id] = None
+        if len(self._shown) > SHOWN_IDS:
+            self._shown.popitem(last=False)
+        return True
 
     def _on_sent(self, msg, when):
         msg_id, to, count = msg.fields
@@ -513,12 +795,22 @@ class Session:
         if out is None:  # not one we know of: still say so
             out = Outgoing("", nick, "private", when)
             out.msg_id = msg_id
+        partial = False
         if nick == "*":
             out.got = int(msg.text) if msg.text.isdigit() else None
             partial = out.got is not None and out.total is not None and out.got < out.total
             self._settle(out, "delivered", failed=partial)
         else:
             self._settle(out, "delivered")
+        if self._replay is not None and out.text and not partial:
+            # Said in the resume's one line; its own line still gets its
+            # mark if it is the last thing on the screen.
+            r = self._replay
+            r.delivered += 1
+            if len(r.named) < r.NAMED:
+                r.named.append(quote(out.text, 24))
+            return ([Line(self._own(out), "mark", out)] if self.interactive
+                    else self._redraw(out, when)), []
         return self._redraw(out, when), []
 
     def _on_failed(self, msg, when):
@@ -531,16 +823,26 @@ class Session:
         out.reason = reason
         # Only no-receipt means the recipient may have seen it.
         self._settle(out, "unconfirmed" if code == MAYBE_SEEN else "failed", failed=True)
+        if self._replay is not None:
+            self._replay.failed += 1
         return self._redraw(out, when), []
 
     def _on_err(self, msg, when):
         code = msg.fields[0]
+        if code == "timeout":
+            # No /nick in time: the server closes on purpose, and coming
+            # back would only wait at the nick prompt to be closed again.
+            self.bye = True
         if code in ("no-such-message", "timeout", "server-full", "too-many-connections"):
             # Not an answer to a queued request: an /ack's own error (its
             # ids are the first words of the text), or the server giving up
             # on us or turning us away.
             return [Line(rejected_line(when, None, code, msg.text, self.style))], []
         req = self._answered()
+        if req is not None and req.resume == "resume":
+            # ERR bad-token: the server restarted without our session (or
+            # the window passed): start a new one under the same nick.
+            return self._register_again(when, "The server no longer has your session")
         self.errors += 1
         what = None
         if req is not None:
@@ -550,6 +852,11 @@ class Session:
                 self._settle(out, "refused", failed=True)
                 return self._redraw(out, when), []
             what = req.what
+            if req.setup and self._fresh and req.what.lower().startswith("/nick"):
+                # Our nick, taken meanwhile: the user picks another, as at
+                # the start; what is held waits for it.
+                self.nick = None
+                self.restoring = None
             if req.what.lower().startswith("/nick") and self.nick is None:
                 self.registration_failed = True
         show = [Line(rejected_line(when, what, code, msg.text, self.style))]
@@ -587,6 +894,18 @@ class Session:
                 if self.interactive:
                     # Who is here, in one line, for someone arriving.
                     send += self._command("/who", arrival=True)
+            elif self._fresh:
+                return self._registered_again(when)
+            if self._held and not self._holding():
+                show, more = self._release(when)
+                return self._sentence(msg, when) + show, send + more
+        elif cmd == "resume":
+            self.nick = msg.text
+            self.registration_failed = False
+            self.registered_once = True
+            self.restoring = "replay"
+            self._replay = _Replay(self.partner)
+            return [], []
         elif cmd == "pair":
             self.pair_requested = msg.text
             if msg.text.lower() in self.asked_by:
@@ -617,25 +936,42 @@ class Session:
         return [], []
 
     def _on_pong(self, msg, when):
-        self._answered()
+        req = self._answered()
+        if req is not None and req.resume == "end":
+            # Everything the resume sent again has come: sum it up. After a
+            # refused token there is nothing to sum up.
+            return self._end_replay(when) if self.restoring == "replay" else ([], [])
         return self._sentence(msg, when), []
 
     def _on_bye(self, msg, when):
         self._answered()
         self.bye = True
-        if self.leaving and msg.text.strip().lower() in ("", "goodbye"):
+        reason = msg.text.strip().lower()
+        self.restarting = reason == "server restarting"
+        if self.leaving and reason in ("", "goodbye"):
             # Our own /quit answered: a plain goodbye, not the server's doing.
             return [Line(notice_line(when, "You left the chat.", self.style))], []
+        if self.restarting and self.reconnect and not self.leaving:
+            return [Line(notice_line(when, "The server is restarting.", self.style, "warn"))], []
         return self._sentence(msg, when), []
 
     def _on_pair_request(self, msg, when):
-        self.asked_by.add(msg.fields[0].lower())
+        nick = msg.fields[0].lower()
+        if self._replay is not None and nick in self.asked_by:
+            return [], []  # said again by the resume: told before
+        self.asked_by.add(nick)
         return self._sentence(msg, when, attention=True), []
 
     def _on_paired(self, msg, when):
+        r = self._replay
+        again = r is not None and r.partner is not None and \
+            r.partner.lower() == msg.fields[0].lower()
         self.partner = msg.fields[0]
         self.pair_requested = None
         self.asked_by.discard(self.partner.lower())
+        if again:
+            r.paired = True  # the resume's one line says so
+            return [], []
         return self._sentence(msg, when), []
 
     def _on_unpaired(self, msg, when):
@@ -706,14 +1042,20 @@ class Session:
         return not self._open and not self.undelivered
 
     def settled(self):
-        """Nothing we sent is still waiting for an answer or an outcome."""
-        return not self._waiting and not self._open
+        """Nothing we sent is still waiting for an answer or an outcome,
+        and nothing typed is held."""
+        return not self._waiting and not self._open and not self._held
 
     def summary(self, when):
-        """Lines saying which messages never got an outcome, for exit."""
-        lines = []
+        """Lines saying which messages never got an outcome, and what was
+        held and never sent, for exit."""
+        lines = [Line(notice_line(when, "%s was not sent: typed while the connection was down."
+                                  % req.what, self.style, "bad"))
+                 for _, req in self._held if req.outgoing is None]
         for o in self.open_messages():
-            if o.msg_id is None:
+            if o.state == "queued":
+                what = "%s was not sent: typed while the connection was down" % quote(o.text)
+            elif o.msg_id is None:
                 what = "%s was never answered by the server" % quote(o.text)
             else:
                 to = "everyone" if o.to == "*" else escape(o.to)
@@ -727,6 +1069,30 @@ class ConnectError(Exception):
     """The server could not be reached or did not greet us properly."""
 
 
+class _Interrupted(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP during a blocking reconnect try: ends it."""
+
+
+def keep_alive(sock, seconds=KEEPALIVE):
+    """TCP keepalive (probes after ``seconds`` idle, every ``seconds / 6``,
+    six of them) and TCP_USER_TIMEOUT (data unacknowledged for twice
+    ``seconds``): either ends a connection whose peer vanished. Options
+    this system lacks are left out; all are there on Linux."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // 6)),
+                        ("TCP_KEEPCNT", 6), ("TCP_USER_TIMEOUT", 2 * seconds * 1000)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def backoff(tries, rnd=random):
+    """Seconds to wait before the next reconnect try, after ``tries``
+    failed ones: RECONNECT_FIRST doubling up to RECONNECT_MAX, jittered."""
+    base = min(RECONNECT_MAX, RECONNECT_FIRST * 2 ** min(tries, 16))
+    return base * (1 + RECONNECT_JITTER * (2 * rnd.random() - 1))
+
+
 class Client:
     """The I/O shell around a Session: socket, terminal, signals, loop."""
 
@@ -734,8 +1100,9 @@ class Client:
         self.args = args
         self.term = term
         self.interactive = term.interactive
+        self.reconnect = not getattr(args, "no_reconnect", False)
         self.session = Session(style, args.nick, args.pair, self.interactive,
-                               bell=not args.no_bell)
+                               bell=not args.no_bell, reconnect=self.reconnect)
         self.clock = clock
         self.sock = None
         self.decoder = FrameDecoder(MAX_SERVER_FRAME)
@@ -750,6 +1117,15 @@ class Client:
         self.eof_deadline = None  # piped mode: wait for outcomes until then
         self.done = False
         self.lost = None  # why the connection ended, if the server ended it
+        # Reconnecting: the next try (monotonic), the tries that failed
+        # since the loss, the last failure said (each new one is said once),
+        # and for piped input the moment to give up (--wait after the loss).
+        self.reconnect_at = None
+        self.tries = 0
+        self.failure = None
+        self.reconnect_until = None
+        self.lost_why = None  # what ended the last connection
+        self.blocking = False  # in a reconnect try: a signal interrupts it
         self.interrupts = 0  # Ctrl-C presses not acted on yet
         self.terminated = False  # SIGTERM or SIGHUP: leave, whatever is typed
         self.resized = False
@@ -762,45 +1138,71 @@ class Client:
     # -- connecting --
 
     def connect(self):
-        host, port = self.args.host, self.args.port
+        """The first connection; raises ConnectError."""
+        self._attach(*self._open(CONNECT_TIMEOUT))
+        self._send(self.session.start())
+
+    def _open_socket(self, timeout):
+        """A connected socket to the server, blocking with ``timeout``: the
+        one place a connection is opened, first and on every reconnect."""
+        return socket.create_connection((self.args.host, self.args.port), timeout=timeout)
+
+    def _open(self, timeout):
+        """``(sock, greeting, rest)`` from a new connection that was
+        greeted by a tcpchat server; raises ConnectError."""
         try:
-            sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+            sock = self._open_socket(timeout)
         except OSError as exc:
             raise ConnectError(_reason(exc))
-        tls = None
         if getattr(self.args, "tls", False):
             from . import tls
+            # The handshake and the certificate check, within ``timeout``;
+            # on failure the socket is closed.
             try:
-                sock = tls.wrap_client(sock, host, self.args.tls_ca_file,
+                sock = tls.wrap_client(sock, self.args.host, self.args.tls_ca_file,
                                        self.args.tls_fingerprint)
             except tls.TLSClientError as exc:
                 raise ConnectError(str(exc))
         try:
-            greeting, rest = self._read_greeting(sock)
+            greeting, rest = self._read_greeting(sock, timeout)
         except OSError as exc:
             sock.close()
             raise ConnectError(_reason(exc))
+        except BaseException:
+            sock.close()  # a signal ended the try
+            raise
         if not greeting.startswith("HELLO "):
             sock.close()
             if greeting.startswith("ERR "):
                 raise ConnectError("the server refused: %s" % escape(greeting[4:]))
             raise ConnectError("not a tcpchat server (it said %r)" % escape(greeting[:80]))
+        return sock, greeting, rest
+
+    def _attach(self, sock, greeting, rest):
+        """Make a greeted connection the one the loop serves."""
+        try:
+            keep_alive(sock)
+        except OSError:
+            pass  # not a TCP socket after all: a loss is still found on write
         sock.setblocking(False)
-        # Over TLS, "later" must look as it does on a plain socket to the loop.
-        self.sock = sock if tls is None else tls.ClientTLSSocket(sock)
+        if getattr(self.args, "tls", False):
+            from . import tls
+            # Over TLS, "later" must look to the loop as it does on a plain socket.
+            sock = tls.ClientTLSSocket(sock)
+        self.sock = sock
         self.sel.register(sock, selectors.EVENT_READ, "socket")
         self.greeting = greeting
+        self.decoder = FrameDecoder(MAX_SERVER_FRAME)
+        self.outbuf = bytearray((FRAMED_MARKER,))
         self.session.greeted(greeting)
-        self.outbuf += bytes((FRAMED_MARKER,))
         if rest:
             self._received(rest)
-        self._send(self.session.start())
 
     @staticmethod
-    def _read_greeting(sock):
+    def _read_greeting(sock, timeout):
         """The greeting line, and any bytes that came after it."""
         buf = b""
-        deadline = time.monotonic() + CONNECT_TIMEOUT
+        deadline = time.monotonic() + timeout
         while b"\n" not in buf:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -846,6 +1248,8 @@ class Client:
         return self.clock()
 
     def _send(self, messages):
+        if self.sock is None:
+            return  # offline: the Session held what must go later
         for text in messages:
             self.outbuf += encode_frame(text.encode("utf-8"))
         self._flush()
@@ -891,6 +1295,12 @@ class Client:
             bell = self.show(show) or bell
             shown += [text[5:] for text in send if text.startswith("/ack ")]
             self._send([text for text in send if not text.startswith("/ack ")])
+            if self.sock is None:
+                # That write found the connection dead, and the Session
+                # has let go of its requests: the rest of this read would
+                # answer requests it no longer has. What was shown unacked
+                # comes again after the resume.
+                break
         if bell:
             self.term.bell()  # once for all that came in one read
         for start in range(0, len(shown), ACK_BATCH):
@@ -970,8 +1380,12 @@ class Client:
 
     def _quit(self, sent=False):
         """Leave: send /quit (unless the user's own line already did) and
-        wait for BYE, at most QUIT_WAIT seconds."""
+        wait for BYE, at most QUIT_WAIT seconds. While reconnecting there
+        is nobody to tell: stop."""
         if self.quitting_at is not None:
+            return
+        if self.sock is None:
+            self._stop_reconnecting()
             return
         self.quitting_at = time.monotonic() + QUIT_WAIT
         if self.sock is not None and not sent:
@@ -984,14 +1398,82 @@ class Client:
         self.sel.unregister(self.sock)
         self.sock.close()
         self.sock = None
-        self.done = True
-        if self.session.bye and self.quitting_at is not None:
+        del self.outbuf[:]
+        s = self.session
+        if s.bye and self.quitting_at is not None:
+            self.done = True
             return  # we asked to leave and the server said goodbye
-        # Issue 10 (resume) hooks in here: unless the user is leaving or
-        # --no-reconnect, reconnect with backoff and /resume instead of
-        # ending, keeping the terminal and the half-typed line as they are.
-        self.lost = why
-        self.notice("Disconnected: %s." % why, "bad")
+        if not self._may_reconnect():
+            self.done = True
+            self.lost = why
+            self.notice("Disconnected: %s." % why, "bad")
+            return
+        # Come back by ourselves, keeping the terminal and the half-typed
+        # line as they are; the Session holds what is typed meanwhile.
+        # Lost again before the session was back: that try failed too.
+        restored = s.restoring is None
+        # After BYE server restarting the loss is no news.
+        head = "Reconnecting" if s.restarting else "Connection lost: %s. Reconnecting" % why
+        self.lost_why = why
+        self.show(s.lost(self.now()))
+        if self.interactive:
+            self.notice(head + "; Ctrl-C stops. Lines you type meanwhile go once back.", "warn")
+        else:
+            self.notice("%s for up to %g s." % (head, self.args.wait), "warn")
+            if self.reconnect_until is None:
+                self.reconnect_until = time.monotonic() + self.args.wait
+        if restored:
+            self.tries = 0
+            self.failure = None
+        else:
+            self.tries += 1
+        self.reconnect_at = time.monotonic() + backoff(self.tries)
+        self._update_prompt()
+        self._update_stdin()
+
+    def _may_reconnect(self):
+        s = self.session
+        if not self.reconnect or self.quitting_at is not None or s.leaving:
+            return False
+        # A server that said why it ends (shutting down, timeout) means it.
+        return not s.bye or s.restarting
+
+    def _reconnect(self):
+        """One try: connect, be greeted, hand over to the Session (which
+        resumes). A failed try is said once per different reason."""
+        self.reconnect_at = None
+        try:
+            try:
+                self.blocking = True
+                opened = self._open(RECONNECT_TIMEOUT)
+            finally:
+                self.blocking = False
+        except _Interrupted:
+            # The signal is counted too: the loop acts on it (stops).
+            self.reconnect_at = time.monotonic() + backoff(self.tries)
+            return
+        except ConnectError as exc:
+            self.tries += 1
+            self.reconnect_at = time.monotonic() + backoff(self.tries)
+            if str(exc) != self.failure:
+                self.failure = str(exc)
+                self.notice("Cannot reconnect yet: %s; trying again%s." % (
+                    exc, " (Ctrl-C stops)" if self.interactive else ""), "warn")
+            return
+        self._attach(*opened)
+        show, send = self.session.rejoin(self.now())
+        self.show(show)
+        self._send(send)
+        self._update_prompt()
+        self._update_stdin()
+
+    def _stop_reconnecting(self):
+        if self.done:
+            return
+        self.reconnect_at = None
+        self.done = True
+        self.lost = self.lost_why or "stopped"
+        self.notice("Stopped reconnecting (the connection was lost: %s)." % self.lost, "bad")
 
     # -- signals --
 
@@ -1006,6 +1488,11 @@ class Client:
             self.interrupts += 1
         else:
             self.terminated = True
+        if self.blocking and signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            # A reconnect try blocks in connect() or recv(): end it now
+            # rather than when it times out. Once only.
+            self.blocking = False
+            raise _Interrupted()
 
     def _handle_signals(self):
         if self.suspended:
@@ -1028,6 +1515,8 @@ class Client:
             self.interrupts -= 1
             if self.quitting_at is not None:
                 self.done = True  # Ctrl-C while leaving: stop waiting for BYE
+            elif self.sock is None:
+                self._quit()  # reconnecting: Ctrl-C stops, as the notice said
             elif not self.term.clear_line():
                 self._quit()  # on an empty line Ctrl-C leaves; else it clears it
 
@@ -1077,11 +1566,7 @@ class Client:
         while not self.done:
             timeout = self._timeout()
             if timeout is not None and timeout <= 0:
-                if self.quitting_at is not None:
-                    self.notice("No goodbye from the server in %g s; leaving anyway."
-                                % QUIT_WAIT, "bad")
-                    break
-                self._eof_wait_over()
+                self._deadlines()
                 continue
             for key, mask in self.sel.select(timeout):
                 # An earlier handler in this pass may have closed the
@@ -1100,9 +1585,26 @@ class Client:
             self._handle_signals()
             self._after_pass()
 
+    def _deadlines(self):
+        """Act on whichever deadline has come."""
+        now = time.monotonic()
+        if self.quitting_at is not None and now >= self.quitting_at:
+            self.notice("No goodbye from the server in %g s; leaving anyway." % QUIT_WAIT, "bad")
+            self.done = True
+        elif self.sock is None and self.reconnect_until is not None and \
+                now >= self.reconnect_until:
+            self._stop_reconnecting()
+        elif self.reconnect_at is not None and now >= self.reconnect_at:
+            self._reconnect()
+        elif self.eof_deadline is not None and now >= self.eof_deadline:
+            self._eof_wait_over()
+
     def _after_pass(self):
         """Decisions that depend on the state the whole pass left behind."""
         s = self.session
+        if self.sock is not None and not s.offline and s.restoring is None:
+            # Back for good: the next loss starts its count afresh.
+            self.reconnect_until = None
         if self.quitting_at is not None and s.bye:
             self.done = True  # BYE is the server's last word: nothing to wait for
         elif not self.interactive and self.quitting_at is None:
@@ -1112,7 +1614,10 @@ class Client:
                 self._quit()  # piped input cannot pick another nick
 
     def _timeout(self):
-        deadlines = [d for d in (self.quitting_at, self.eof_deadline) if d is not None]
+        deadlines = [self.quitting_at, self.eof_deadline, self.reconnect_at]
+        if self.sock is None:
+            deadlines.append(self.reconnect_until)
+        deadlines = [d for d in deadlines if d is not None]
         if not deadlines:
             return None
         return min(deadlines) - time.monotonic()
@@ -1230,7 +1735,11 @@ def make_parser():
                              "requests and mentions of your nick")
     parser.add_argument("--wait", type=_seconds, default=DEFAULT_WAIT, metavar="SECONDS",
                         help="with piped input: how long to wait at its end for messages "
-                             "to be delivered (default: %(default)s)")
+                             "to be delivered, and after losing the connection for it to "
+                             "come back (default: %(default)s)")
+    parser.add_argument("--no-reconnect", action="store_true",
+                        help="when the connection is lost, exit (status 3) instead of "
+                             "reconnecting and resuming the session")
     parser.add_argument("--version", action="version",
                         version="%(prog)s " + __version__)
     return parser

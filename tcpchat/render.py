@@ -145,6 +145,10 @@ _MARKS = {
     "delivered": ("\u2713", "ok"),  # the recipient's client showed it
     "failed": ("\u2717", "failed:"),  # never reached them, or refused
     "unconfirmed": ("?", "unconfirmed:"),  # written to them, never confirmed
+    # Typed while the connection was down: goes once it is back.
+    "queued": ("queued", "queued"),
+    # In flight when the connection or the server's memory of it was lost.
+    "unknown": ("?", "?"),
 }
 
 
@@ -292,13 +296,14 @@ def chat_line(when, sender, audience, text, style, me=None, attention=False):
 def message_mark(state, style, got=None, total=None, reason=None):
     """The mark after a message we sent: how far it got.
 
-    ``state``: "pending", "sent", "delivered", "failed" or "unconfirmed".
+    ``state``: "pending", "queued", "sent", "delivered", "failed",
+    "unconfirmed" or "unknown".
     For a message to everyone, ``got`` of ``total`` recipients have it; fewer
     than all is shown as a failure's colour. ``reason`` (escaped here) says
     why a message failed or is unconfirmed.
     """
     mark = style.mark(state)
-    if state in ("pending", "sent"):
+    if state in ("pending", "queued", "sent"):
         return style.paint("info", mark)
     if state == "delivered":
         if got is None:
@@ -306,7 +311,7 @@ def message_mark(state, style, got=None, total=None, reason=None):
         if total is not None and got < total:
             return style.paint("bad", "%s %d of %d" % (mark, got, total))
         return style.paint("good", "%s %d" % (mark, got))
-    role = "warn" if state == "unconfirmed" else "bad"
+    role = "warn" if state in ("unconfirmed", "unknown") else "bad"
     return style.paint(role, ("%s %s" % (mark, escape(reason or ""))).rstrip())
 
 
@@ -337,8 +342,9 @@ def outcome_line(when, state, text, to, style, got=None, total=None,
 
     ``state``: "delivered" (``got`` of ``total`` for a message to everyone),
     "failed" (never reached ``to``), "refused" (the server did not take it:
-    ``reason`` is its answer) or "unconfirmed" (written to ``to`` but never
-    confirmed). ``reason`` is escaped here.
+    ``reason`` is its answer), "unconfirmed" (written to ``to`` but never
+    confirmed) or "unknown" (lost track of with the connection: ``reason``
+    says how). ``reason`` is escaped here.
     """
     what = quote(text) if text else "#%s" % escape(msg_id or "?")
     name = "everyone" if to == "*" else escape(to or "?")
@@ -358,8 +364,8 @@ def outcome_line(when, state, text, to, style, got=None, total=None,
                         % (what, got, total), "bad")
         count = got if got is not None else total
         return line("delivered", "%s delivered to everyone (%s)" % (what, count), "good")
-    if state == "unconfirmed":
-        return line("unconfirmed", "%s to %s: %s" % (what, name, why), "warn")
+    if state in ("unconfirmed", "unknown"):
+        return line(state, "%s to %s: %s" % (what, name, why), "warn")
     if state == "refused":
         target = "" if to in (None, "*") else " to %s" % name
         return line("failed", "%s%s not sent: %s" % (what, target, why), "bad")
@@ -465,6 +471,8 @@ def help_lines(style):
         '(a count for everyone), "%s" failed and why, "%s" maybe seen.'
         % (style.mark("pending"), style.mark("delivered"), style.mark("failed"),
            style.mark("unconfirmed")),
+        'A lost connection comes back by itself (Ctrl-C then stops); lines typed meanwhile '
+        'are "queued", "? outcome unknown" marks one lost in flight.',
         "Keys: Tab completes commands and nicks, Up and Down recall lines, "
         "Ctrl-C clears the line.",
     ]

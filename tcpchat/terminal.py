@@ -272,6 +272,9 @@ class PlainTerminal(PipeInput):
 
     def set_prompt(self, prompt):
         self._prompt = prompt
+        # Over the old prompt, not after it (it changes while the client
+        # reconnects, and on pairing); show() clears the row the same way.
+        _write_all(self._out, b"\r\x1b[K")
         self._show_prompt()
 
     def _show_prompt(self):

@@ -449,16 +449,25 @@ def wrap_client(sock, host, ca_file=None, pinned=None):
         raise TLSClientError("cannot use --tls-ca-file %s: %s" % (
             ca_file, getattr(e, "strerror", None) or getattr(e, "reason", None) or e))
     try:
-        ssock = ctx.wrap_socket(sock, server_hostname=host)
+        ssock = ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
     except (OSError, ValueError) as e:
         sock.close()
         raise TLSClientError(describe_client_error(e) or _os_reason(e))
-    if pinned is not None:
-        try:
+    except BaseException:
+        sock.close()
+        raise
+    # The socket is the SSLSocket's now: whatever ends the handshake (an
+    # error, a refused certificate, a signal) closes it.
+    try:
+        ssock.do_handshake()
+        if pinned is not None:
             check_pinned(ssock, pinned)
-        except ssl.SSLCertVerificationError as e:
-            ssock.close()
-            raise TLSClientError(describe_client_error(e))
+    except (OSError, ValueError) as e:
+        ssock.close()
+        raise TLSClientError(describe_client_error(e) or _os_reason(e))
+    except BaseException:
+        ssock.close()
+        raise
     return ssock
 
 

@@ -445,8 +445,9 @@ def test_tab_completes_commands_and_the_nicks_we_have_heard_of():
                  "JOINED dave", "LEFT dave quit", "JOINED eve", "RENAMED eve eva"):
         s.server_message(wire, WHEN)
     assert s.completions("", "/p") == ["/pair", "/ping"]
-    assert s.completions("", "/") == [c for c in sorted(COMMANDS) if c != "/ack"
-                                      and c.startswith("/")]
+    # /ack and /resume are the client's own to send.
+    assert s.completions("", "/") == [c for c in sorted(COMMANDS)
+                                      if c not in ("/ack", "/resume") and c.startswith("/")]
     assert s.completions("", ":q") == [":quit:"]
     assert s.completions("/msg ", "b") == ["bob", "bobby"]
     assert s.completions("/PAIR ", "C") == ["carol"]
@@ -1029,9 +1030,12 @@ def test_nick_is_asked_for_when_not_given(server, run_client):
     assert alice.history() == ["/ping x"]
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_server_going_away_is_reported_and_exits_non_zero(server, run_client, how):
-    alice = run_client("--nick", "alice", "--no-color")
+@pytest.mark.parametrize("how, args", [
+    (signal.SIGTERM, []),  # BYE server shutting down: it means it, no reconnecting
+    (signal.SIGKILL, ["--no-reconnect"]),
+])
+def test_server_going_away_is_reported_and_exits_non_zero(server, run_client, how, args):
+    alice = run_client("--nick", "alice", "--no-color", *args)
     alice.expect("alice> ")
     alice.type("half")
     alice.expect("half")
