@@ -560,3 +560,49 @@ def test_tls_benchmark_runs(tmp_path):
         ("throughput", False), ("throughput", True), ("connections", False),
         ("connections", True)}
     assert all(r["ok"] for r in results)
+
+
+def test_the_client_comes_back_over_tls_after_a_restart(pair, ca, tmp_path):
+    # Reconnecting opens the connection the way the first connect did:
+    # TLS, with the same check of the certificate.
+    state = str(tmp_path / "server-state")
+    pin = fingerprint_of(pair[0])
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               XDG_STATE_HOME=str(tmp_path / "xdg"))
+    with TLSServer(*pair, "--state-file", state) as srv:
+        tls_port = srv.tls_port
+        bob = srv.connect(framed=True)
+        bob.send("/nick bob")
+        token = bob.expect("SESSION").split()[1]
+        client = subprocess.Popen(
+            [sys.executable, "-m", "tcpchat.client", "--port", str(tls_port),
+             "--tls-fingerprint", pin, "--nick", "ci", "--wait", str(TIMEOUT)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd=REPO)
+        try:
+            client.stdin.write(b"/msg bob before\n")
+            client.stdin.flush()
+            assert bob.expect("MSG ").endswith(" ci bob before")
+            bob.send("/ack 1")
+            srv.wait_log("message 1 ")
+            assert srv.stop() == 0
+            bob.close()
+            with TLSServer(*pair, "--state-file", state, "--tls-port", str(tls_port)) as srv2:
+                line = srv2.wait_log("resumed as ci")  # the client is back...
+                peer = line.split(" INFO ", 1)[1].split()[0]
+                srv2.wait_log(peer + " connected (TLS)")  # ...over TLS
+                bob2 = srv2.connect(framed=True)
+                bob2.send("/resume " + token)
+                bob2.expect("OK resume bob")
+                client.stdin.write(b"/msg bob after\n")
+                client.stdin.close()
+                client.stdin = None  # communicate() would flush it otherwise
+                msg = bob2.expect("MSG ")
+                assert msg.endswith(" ci bob after")
+                bob2.send("/ack " + msg.split()[1])
+                out, err = client.communicate(timeout=TIMEOUT * 2)
+                assert client.returncode == 0, (out + err).decode()
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
