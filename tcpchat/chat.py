@@ -37,23 +37,19 @@ reading from it until its bucket refills, so its flood piles up in its own
 socket buffers and nowhere else. A connection whose own replies pile up
 unread is not read either, until they drain.
 
-Delivery. Every chat message gets a ``Message`` record with a server-wide
-id. Each recipient holds the record until it has the message: a line-mode
-recipient (nc, telnet) has it once every byte up to the end of its MSG lines
-has been written to its socket, so the record sits in ``session.marks`` with
-that stream offset; a framed recipient (a program) has it once it sends
-``/ack ID``, so the record sits in ``session.unacked``. Whatever a
-recipient still holds when it goes away, or holds for longer than
-``Limits.receipt_timeout``, fails, and the sender hears of it.
+The rest lives in two modules of its own, mixed into ``Chat``:
+``tcpchat.delivery`` (messages, receipts, outcomes, and the memory each
+connection holds for them) and ``tcpchat.users`` (users, pairs, presence,
+away and resume, restarts). Each opens with its own theory of operation.
 
 Memory. Everything the server holds for a connection's sake counts against
 ``Limits.max_queue`` (``Session.held()``): output not yet written, and each
-message the connection has yet to receive (written or not, acknowledged or
-not) with its bookkeeping. Once the server has tried to write and the connection is
-still over the limit, its oldest unacknowledged messages fail first; if its
-unwritten output alone is over, it is cut off as a slow consumer. Input is
-bounded by the decoders (one read plus one message) and, before a nick is
-registered, by PRE_REGISTER_MAX.
+message the connection has yet to receive, with its bookkeeping (see
+``tcpchat.delivery``). Once the server has tried to write and the
+connection is still over the limit, its oldest unacknowledged messages fail
+first; if its unwritten output alone is over, it is cut off as a slow
+consumer. Input is bounded by the decoders (one read plus one message) and,
+before a nick is registered, by PRE_REGISTER_MAX.
 
 Rules that keep it honest:
 
@@ -74,13 +70,12 @@ Rules that keep it honest:
 """
 
 import collections
-import hashlib
 import heapq
-import hmac
 import ipaddress
 import logging
 import secrets
 
+from .delivery import RECEIPT_COST, Delivery, Message
 from .escaping import escape
 from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
 from .protocol import (
@@ -94,6 +89,7 @@ from .protocol import (
     split_word,
     valid_nick,
 )
+from .users import Roster, User
 
 __all__ = ["Limits", "Chat", "Session", "User", "Message", "parse_exemptions"]
 
@@ -105,10 +101,6 @@ PASS_BUDGET = 256
 #: /nick, /ping and /help are short, and a connection that has not said who
 #: it is should not make the server hold 64 KiB for it.
 PRE_REGISTER_MAX = 512
-#: Bytes of bookkeeping counted per receipt (a queued MSG awaiting write or
-#: /ack): the record, its slot in the receipt queue, its share of the
-#: Message. Measured with tracemalloc in tests/test_chat.py.
-RECEIPT_COST = 320
 #: Bytes of bookkeeping counted per queued output chunk (its deque slot and
 #: object header; the payload is counted by its length).
 CHUNK_COST = 48
@@ -169,105 +161,6 @@ def parse_exemptions(texts):
     return tuple(ipaddress.ip_network(t, strict=False) for t in texts)
 
 
-class User:
-    """A registered nick: who it is, whom it is paired with, where it is.
-
-    A user outlives its connection: when the connection is lost without
-    /quit, the user is *away* (``conn`` is None) for the resume window,
-    keeps its nick and its pair, and the messages for it are held until it
-    comes back with ``/resume`` on a new connection, or the window ends.
-    """
-
-    __slots__ = (
-        "nick",
-        "key",
-        "conn",
-        "partner",
-        "asked",
-        "askers",
-        "pair_ended",
-        "token",
-        "away_until",
-        "old",
-        "held",
-        "held_bytes",
-        "told",
-    )
-
-    def __init__(self, nick, conn):
-        self.nick = nick
-        self.key = nick.lower()  # nicks are unique ignoring case
-        self.conn = conn  # its Session; None while away
-        self.partner = None  # the User it is paired with
-        self.asked = None  # the User it sent a pending pair request to
-        self.askers = None  # Users with a pending pair request to it
-        # The nick of the partner of a pair that ended, until the next plain
-        # chat text: that text was most likely meant for the pair, so it is
-        # refused rather than sent to everyone.
-        self.pair_ended = None
-        self.token = None  # SHA-256 of its resume token: the token is never kept
-        self.away_until = None  # while away: when the resume window ends
-        self.old = None  # its lost connection while that still drains
-        self.held = None  # deque of Messages held for it while away, oldest first
-        self.held_bytes = 0  # what ``held`` costs, counted against max_queue
-        self.told = None  # outcome lines of its own messages, kept while away
-
-    @property
-    def away(self):
-        return self.conn is None and self.away_until is not None
-
-    def __repr__(self):
-        return "<User %s%s>" % (self.nick, " away" if self.away else "")
-
-
-class Message:
-    """One chat message on its way: who sent it, who still has to get it."""
-
-    __slots__ = ("id", "sender", "to", "text", "pending", "delivered", "_line", "_frame")
-
-    def __init__(self, msg_id, sender, to, text):
-        self.id = msg_id
-        self.sender = sender  # a User
-        self.to = to  # the recipient's nick at send time, or "*"
-        self.text = text
-        self.pending = 0  # receipts held, by recipients or by a fan-out
-        self.delivered = 0
-        # Encoded at most once per framing, however many recipients.
-        self._line = None
-        self._frame = None
-
-    def line(self):
-        """The MSG as line-mode bytes, safe for a terminal.
-
-        A person on nc has no client of ours between the socket and the
-        terminal, so the text is escaped (see tcpchat.escaping): a peer
-        cannot drive their terminal or forge a line with a bare CR. A line
-        cannot hold a newline, so each line of the text (a framed sender
-        may send several) becomes its own MSG line with the same id.
-        """
-        data = self._line
-        if data is None:
-            head = "MSG %d %s %s " % (self.id, self.sender.nick, self.to)
-            text = self.text
-            if "\n" in text:
-                lines = text.split("\n")
-                text = ("\n" + head).join(
-                    escape(line[:-1] if line[-1:] == "\r" else line) for line in lines
-                )
-            elif not (text.isascii() and text.isprintable()):
-                text = escape(text)  # printable ASCII, the usual, needs none
-            data = self._line = (head + text + "\n").encode()
-        return data
-
-    def frame(self):
-        """The MSG as one frame: the exact text."""
-        data = self._frame
-        if data is None:
-            text = "MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)
-            data = self._frame = encode_frame(text.encode())
-        return data
-
-
 class Session:
     """One connection's protocol state."""
 
@@ -313,7 +206,8 @@ class Session:
         self.written = 0  # bytes ever written
         self.backed_up = False  # the last write left output behind
         self.marks = None  # deque of (stream offset, Message, since): line-mode receipts
-        self.unacked = None  # {id: (Message, since)} awaiting /ack: framed receipts
+        # {id: (Message, since, stream offset of its end)} awaiting /ack: framed receipts
+        self.unacked = None
         self.receipt_bytes = 0  # what marks and unacked hold (see held())
         self.live = True  # we may queue output to it
         self.closing = None  # reason, once it is to close after its output
@@ -358,8 +252,10 @@ class Session:
         )
 
 
-class Chat:
+class Chat(Roster, Delivery):
     """The whole chat's state, driven by the I/O shell. See the module doc."""
+
+    # --------------------------------------------------- shell API
 
     def __init__(self, limits=None, logger=None, log_text=True, new_token=None):
         self.limits = limits or Limits()
@@ -412,8 +308,6 @@ class Chat:
             "/resume": self._cmd_resume,
             "/quit": self._cmd_quit,
         }
-
-    # ----------------------------------------------------------- shell API
 
     def connect(self, peer, now, host=None):
         """A connection was accepted: greet it, or turn it away and say why."""
@@ -578,109 +472,8 @@ class Chat:
                 self._close_after_flush(s, reason)
         self._reap()
 
-    def _abandon(self, s):
-        """The server stops for good: every message ``s`` has not confirmed
-        fails now. One not yet begun is taken out of the output, so that it
-        is never written after its sender was told it never was."""
-        unbegun = {}
-        for _, msg, _ in s.marks or ():
-            unbegun[id(msg._line)] = msg
-        for msg, _, _ in (s.unacked or {}).values():
-            unbegun[id(msg._frame)] = msg
-        s.marks = s.unacked = None
-        s.receipt_bytes = 0
-        kept = collections.deque()
-        for chunk in s.out:
-            # The first chunk may be a memoryview of a message begun: kept.
-            msg = unbegun.pop(id(chunk), None)
-            if msg is None:
-                kept.append(chunk)
-            else:
-                self._failed(msg, "shutdown", "the server stopped before writing it")
-        s.out = kept
-        s.enqueued = s.written + sum(len(chunk) for chunk in kept)
-        for msg in unbegun.values():  # written, at least in part
-            self._failed(msg, "no-receipt", "the server stopped before it was confirmed")
 
-    # ------------------------------------------------------------ restarts
-
-    def snapshot(self):
-        """What a restart must keep, as plain data for tcpchat.state: the
-        users (all away by now), their pairs and requests, the messages
-        held for them, the outcomes not yet told, and the next message id.
-        Tokens only as their SHA-256."""
-        messages = {}
-        users = []
-        for u in self.roster:
-            held = list(u.held or ())
-            for msg in held:
-                messages[msg.id] = msg
-            users.append({
-                "nick": u.nick,
-                "token": u.token.hex() if u.token is not None else None,
-                "partner": u.partner.nick if u.partner is not None else None,
-                "asked": u.asked.nick if u.asked is not None else None,
-                "held": [msg.id for msg in held],
-                "told": list(u.told or ()),
-            })
-        return {
-            "next_id": self._next_id,
-            "users": users,
-            "messages": [
-                {"id": m.id, "from": m.sender.nick, "to": m.to, "text": m.text,
-                 "delivered": m.delivered}
-                for m in sorted(messages.values(), key=lambda m: m.id)
-            ],
-        }
-
-    def restore(self, data, now):
-        """Take back a snapshot: every user away, for a resume window
-        counted from now. Returns (users, messages) restored."""
-        self.now = now
-        self._next_id = max(self._next_id, data["next_id"])
-        users = {}
-        for entry in data["users"]:
-            u = User(entry["nick"], None)
-            if entry["token"]:
-                u.token = bytes.fromhex(entry["token"])
-                self.tokens[u.token] = u
-            u.away_until = now + self.limits.resume_time
-            u.told = list(entry["told"]) or None
-            users[u.key] = u
-            self.users[u.key] = u
-            self.roster[u] = None
-            self.away[u] = None
-        for entry in data["users"]:
-            u = users[entry["nick"].lower()]
-            partner = users.get((entry["partner"] or "").lower())
-            if partner is not None:
-                u.partner = partner
-            asked = users.get((entry["asked"] or "").lower())
-            if asked is not None:
-                u.asked = asked
-                if asked.askers is None:
-                    asked.askers = set()
-                asked.askers.add(u)
-        messages = {}
-        for entry in data["messages"]:
-            sender = users.get(entry["from"].lower())
-            if sender is None:  # it left before the restart: outcomes go nowhere
-                sender = User(entry["from"], None)
-            msg = Message(entry["id"], sender, entry["to"], entry["text"])
-            msg.delivered = entry["delivered"]
-            messages[msg.id] = msg
-        for entry in data["users"]:
-            u = users[entry["nick"].lower()]
-            for msg_id in entry["held"]:
-                msg = messages[msg_id]
-                msg.pending += 1
-                if u.held is None:
-                    u.held = collections.deque()
-                u.held.append(msg)
-                u.held_bytes += RECEIPT_COST + _text_size(msg.text)
-        return len(users), len(messages)
-
-    # ------------------------------------------------------------- input
+    # ------------------------------------------------------- input
 
     def _output_pause(self):
         """Own output above which a connection's input waits (see Fairness)."""
@@ -774,7 +567,8 @@ class Chat:
             s.reading = reading
             self.input_changed.append(s)
 
-    # ------------------------------------------------------------ dispatch
+
+    # ---------------------------------------------------- dispatch
 
     def _handle(self, s, text):
         first = text[0]
@@ -824,7 +618,8 @@ class Chat:
         else:
             self._send_all(user, text)
 
-    # ------------------------------------------------------------ commands
+
+    # ---------------------------------------------------- commands
 
     def _cmd_nick(self, s, arg):
         name = arg.strip()
@@ -897,16 +692,6 @@ class Chat:
             self._tell_now(t, "PAIR-REQUEST " + u.nick)
             self.log.info("%s asks %s for a pair", u.nick, t.nick)
 
-    def _decline_askers(self, t):
-        """``t`` is paired: every pending request to it is declined."""
-        askers = t.askers
-        if not askers:
-            return
-        t.askers = None
-        for a in sorted(askers, key=lambda a: a.key):  # a stable order for the log
-            a.asked = None
-            self._tell(a, "UNPAIRED %s request declined" % t.nick)
-
     def _cmd_unpair(self, s, arg):
         u = s.user
         t = u.partner
@@ -945,12 +730,7 @@ class Chat:
         lines = ["USER %s %s" % (u.nick, "away" if u.conn is None else
                                  "free" if u.partner is None else "paired") for u in users]
         lines.append("OK who %d" % len(users))
-        if s.framed:
-            data = b"".join([encode_frame(line.encode()) for line in lines])
-        else:
-            lines.append("")
-            data = "\n".join(lines).encode()
-        self._queue(s, data, len(lines))
+        self._reply_lines(s, lines)
 
     def _cmd_ping(self, s, arg):
         token = split_word(arg)[0]
@@ -984,52 +764,7 @@ class Chat:
     def _cmd_help(self, s, arg):
         lines = ["HELP " + line for line in HELP]
         lines.append("OK help %d" % len(HELP))
-        if s.framed:
-            data = b"".join([encode_frame(line.encode()) for line in lines])
-        else:
-            lines.append("")
-            data = "\n".join(lines).encode()
-        self._queue(s, data, len(lines))
-
-    def _cmd_quit(self, s, arg):
-        reason = _echo(" ".join(arg.split()), 200)
-        s.quitting = True  # for good: no resume
-        self._reply(s, "BYE goodbye")
-        self._close_after_flush(s, "quit: " + reason if reason else "quit")
-
-    # ------------------------------------------------------------ resume
-
-    def _send_session(self, s, u):
-        """A new single-use resume token for ``u``, told as SESSION."""
-        if not self.limits.resume_time:
-            return
-        token = self._new_token()
-        digest = hashlib.sha256(token.encode()).digest()
-        if u.token is not None:
-            self.tokens.pop(u.token, None)
-        u.token = digest
-        self.tokens[digest] = u
-        self._reply(s, "SESSION %s %d" % (token, self.limits.resume_time))
-
-    def _void_token(self, u):
-        if u.token is not None:
-            self.tokens.pop(u.token, None)
-            u.token = None
-
-    def _user_for_token(self, token):
-        """The user a resume token belongs to, or None.
-
-        Looked up by its SHA-256, then compared in constant time: neither
-        the lookup nor the comparison tells an attacker how close a guess
-        came. The token itself is never kept, logged or saved.
-        """
-        if not token or len(token) > 256 or not token.isascii():
-            return None
-        digest = hashlib.sha256(token.encode()).digest()
-        u = self.tokens.get(digest)
-        if u is None or u.token is None or not hmac.compare_digest(u.token, digest):
-            return None
-        return u
+        self._reply_lines(s, lines)
 
     def _cmd_resume(self, s, arg):
         if s.user is not None:
@@ -1070,7 +805,11 @@ class Chat:
             self._reply(s, line)
         self._presence(u, "BACK " + u.nick)
 
-    # ------------------------------------------------------------ messages
+    def _cmd_quit(self, s, arg):
+        reason = _echo(" ".join(arg.split()), 200)
+        s.quitting = True  # for good: no resume
+        self._reply(s, "BYE goodbye")
+        self._close_after_flush(s, "quit: " + reason if reason else "quit")
 
     def _target(self, s, name):
         """The registered user ``name`` other than ``s``'s, or None after an ERR."""
@@ -1085,343 +824,19 @@ class Chat:
             t = None
         return t
 
-    def _send_private(self, u, t, text):
-        if len(text) > self._quick_text_limit and self._too_long(u, text):
-            return
-        msg_id = self._next_id
-        self._next_id = msg_id + 1
-        msg = Message(msg_id, u, t.nick, text)
-        if self._log_messages:
-            self._log_message(msg, text)
-        self._reply(u.conn, "SENT %d %s 1" % (msg_id, t.nick))
-        self._deliver(msg, t)
 
-    def _send_all(self, u, text):
-        users = self.users
-        if len(users) < 2:
-            return self._error(u.conn, "no-recipients", "nobody else is here")
-        if len(text) > self._quick_text_limit and self._too_long(u, text):
-            return
-        msg = Message(self._next_id, u, "*", text)
-        self._next_id += 1
-        if self._log_messages:
-            self._log_message(msg, text)
-        self._reply(u.conn, "SENT %d * %d" % (msg.id, len(users) - 1))
-        deliver = self._deliver
-        # The fan-out holds a receipt of its own (rule 3): a recipient that
-        # fails at once must not make the count reach zero half-way.
-        msg.pending = 1
-        # Safe to iterate: a recipient found to be a slow consumer is only
-        # marked here and leaves ``users`` in _reap (rule 1).
-        for t in users.values():
-            if t is not u:
-                deliver(msg, t)
-        msg.pending -= 1
-        if msg.pending == 0:
-            self._summary(msg)
-
-    def _too_long(self, u, text):
-        """Refuse chat text over max-text bytes (the greeting's max-text)."""
-        size = len(text.encode())
-        if size <= self.max_text:
-            return False
-        self._error(u.conn, "too-long", "the text is %d bytes, over max-text=%d"
-                    % (size, self.max_text))
-        return True
-
-    def _log_message(self, msg, text):
-        if self._log_text:
-            self.log.info("message %d %s -> %s: %s", msg.id, msg.sender.nick, msg.to, text)
-        else:
-            self.log.info("message %d %s -> %s", msg.id, msg.sender.nick, msg.to)
-
-    def _deliver(self, msg, u):
-        """Queue ``msg`` to user ``u`` and remember it until ``u`` has it."""
-        msg.pending += 1
-        t = u.conn
-        if t is None:
-            return self._hold(msg, u)
-        if not t.live:  # cut off in the middle of this very fan-out
-            if self._resumable(t):
-                return self._hold(msg, u)  # it will be away, then back
-            code, text = self._unwritten(t, t.closing or "left")
-            return self._failed(msg, code, text)
-        self._deliver_to(msg, t)
-
-    def _deliver_to(self, msg, t):
-        """Queue ``msg`` to session ``t`` with its receipt; ``msg.pending``
-        already counts it."""
-        if t.framed:
-            data = msg.frame()
-            unacked = t.unacked
-            if unacked is None:
-                unacked = t.unacked = {}
-            unacked[msg.id] = (msg, self.now, t.enqueued + len(data))
-            t.receipt_bytes += len(data) + RECEIPT_COST
-            if len(unacked) > self.limits.max_unacked:
-                self._shed_oldest(t, "more than %d messages awaited its receipt"
-                                  % self.limits.max_unacked)
-            self._queue(t, data)
-        else:
-            data = msg.line()
-            if t.marks is None:
-                t.marks = collections.deque()
-            t.marks.append((t.enqueued + len(data), msg, self.now))
-            t.receipt_bytes += len(data) + RECEIPT_COST
-            self._queue(t, data)
-
-    def _hold(self, msg, u):
-        """Keep ``msg`` for away user ``u`` until it resumes, within the
-        same memory limit as a connection (max_queue)."""
-        cost = RECEIPT_COST + _text_size(msg.text)
-        if u.held_bytes + cost > self.limits.max_queue:
-            return self._failed(msg, "away-full", "away, with as much waiting as "
-                                "max-queue=%d bytes allows" % self.limits.max_queue)
-        if u.held is None:
-            u.held = collections.deque()
-        u.held.append(msg)
-        u.held_bytes += cost
-
-    def _shed_oldest(self, t, why):
-        """Give up the oldest message awaiting ``t``'s /ack: it may have
-        been shown, it was never confirmed."""
-        unacked = t.unacked
-        msg = unacked.pop(next(iter(unacked)))[0]
-        t.receipt_bytes -= len(msg._frame) + RECEIPT_COST
-        self._failed(msg, "no-receipt", why)
-
-    def _unwritten(self, t, reason):
-        """The FAILED code and text for a message never written to ``t``,
-        which ends for ``reason``."""
-        if reason.startswith("slow consumer"):
-            return "slow-consumer", "cut off for not reading; never written"
-        if self.shutting_down:
-            return "shutdown", "the server stopped before writing it"
-        return "left", "left before it was written (%s)" % reason
-
-    def _delivered(self, msg, t):
-        msg.delivered += 1
-        msg.pending -= 1
-        if msg.to != "*":
-            snd = msg.sender.conn
-            if snd is not None and snd.live:  # the usual case, first
-                self._reply(snd, "DELIVERED %d %s" % (msg.id, msg.to))
-            else:
-                self._tell_later(msg.sender, "DELIVERED %d %s" % (msg.id, msg.to))
-        elif msg.pending == 0:
-            self._summary(msg)
-
-    def _failed(self, msg, code, text):
-        """One recipient will not confirm ``msg``. NICK in the FAILED line
-        is the recipient as SENT named it, whatever it is called now."""
-        msg.pending -= 1
-        self.log.info("message %d to %s failed: %s %s", msg.id, msg.to, code, text)
-        if msg.to != "*":
-            self._tell(msg.sender, "FAILED %d %s %s %s" % (msg.id, msg.to, code, text))
-        elif msg.pending == 0:
-            self._summary(msg)
-
-    def _summary(self, msg):
-        self._tell(msg.sender, "DELIVERED %d * %d" % (msg.id, msg.delivered))
-
-    def _expire_receipts(self, before):
-        """Messages held since ``before`` or earlier never arrive (rule 3).
-
-        A framed recipient that reads but does not acknowledge loses them
-        one by one (``no receipt``). A line-mode recipient has not taken a
-        byte of them: it has stopped reading, and is cut off.
-        """
-        why = "no receipt within %g s" % self.limits.receipt_timeout
-        for s in list(self.sessions):
-            unacked = s.unacked
-            while unacked and next(iter(unacked.values()))[1] <= before:
-                self._shed_oldest(s, why)
-            marks = s.marks
-            if marks and marks[0][2] <= before and s.live:
-                self._doom(s, "slow consumer")
-
-    def _hold_receipts(self, s, u):
-        """``s`` is lost and its user away: every message it had not
-        confirmed is held for the resume, before what came since."""
-        msgs = [m for _, m, _ in s.marks or ()] + [m for m, _, _ in (s.unacked or {}).values()]
-        s.marks = s.unacked = None
-        held = collections.deque(msgs)
-        if u.held:
-            held.extend(u.held)
-        u.held = held
-        u.held_bytes = sum(RECEIPT_COST + _text_size(m.text) for m in held)
-
-    def _fail_held(self, s, reason):
-        """``s`` ends for ``reason``: whatever it still holds fails, with a
-        code that says whether any of it may have reached the peer."""
-        written = s.written
-        code, text = self._unwritten(s, reason)
-        maybe = "left without confirming it (%s)" % reason
-        marks, s.marks = s.marks, None
-        unacked, s.unacked = s.unacked, None
-        for end, msg, _ in marks or ():
-            if end - len(msg._line) < written:  # begun: part may be on screen
-                self._failed(msg, "no-receipt", maybe)
-            else:
-                self._failed(msg, code, text)
-        for msg, _, end in (unacked or {}).values():
-            if end - len(msg._frame) < written:
-                self._failed(msg, "no-receipt", maybe)
-            else:
-                self._failed(msg, code, text)
-
-    # -------------------------------------------------------- pairs, presence
-
-    def _withdraw(self, u, notify=False):
-        """Drop ``u``'s pending pair request, if any; with ``notify``, its
-        target hears of it, so that it holds no stale PAIR-REQUEST."""
-        t = u.asked
-        if t is not None:
-            u.asked = None
-            if t.askers:
-                t.askers.discard(u)
-            if notify:
-                self._tell(t, "UNPAIRED %s request withdrawn" % u.nick)
-
-    def _unpair(self, u, reason):
-        t = u.partner
-        u.partner = None
-        t.partner = None
-        # Text typed for the pair as it ends must not go to everyone.
-        u.pair_ended = t.nick
-        t.pair_ended = u.nick
-        if not self.shutting_down:
-            self._tell(t, "UNPAIRED %s %s" % (u.nick, reason))
-        self.log.info("%s and %s unpaired (%s: %s)", u.nick, t.nick, u.nick, reason)
-
-    def _presence(self, u, text):
-        """Tell the users who should know about ``u``: everyone while few.
-
-        Above the presence limit only those with a stake in ``u`` hear of it
-        (its partner and the users in a pair request with it), so that
-        thousands joining cost linear, not quadratic, output.
-        """
-        if self.shutting_down:
-            return
-        if len(self.users) <= self.limits.presence_limit:
-            audience = [v for v in self.users.values() if v is not u]
-        else:
-            audience = set(u.askers or ())
-            if u.partner is not None:
-                audience.add(u.partner)
-            if u.asked is not None:
-                audience.add(u.asked)
-        line = frame = None
-        for v in audience:
-            c = v.conn
-            if c is None or not c.live:
-                continue
-            if c.framed:
-                if frame is None:
-                    frame = encode_frame(text.encode())
-                self._queue(c, frame)
-            else:
-                if line is None:
-                    line = text.encode() + b"\n"
-                self._queue(c, line)
-
-    def _resumable(self, s):
-        """Whether ``s``'s user is kept away when ``s`` ends, rather than
-        leaving: resume is on, it did not /quit, and the server is not
-        stopping for good."""
-        return (self.limits.resume_time > 0 and not s.quitting
-                and (not self.shutting_down or self.restarting))
-
-    def _detach(self, s, reason):
-        """``s`` ends or starts closing: its user goes away, or leaves."""
-        u = s.user
-        if u is None:
-            self.unregistered.pop(s, None)
-            return
-        if u.conn is not s:
-            return  # away or left already, and now its connection ends
-        if self._resumable(s):
-            self._go_away(u, s, reason)
-        else:
-            self._leave(u, reason)
-
-    def _go_away(self, u, s, reason):
-        u.conn = None
-        u.old = s if not s.gone else None
-        u.away_until = self.now + self.limits.resume_time
-        self.away[u] = None
-        self.log.info("%s (%s) away: %s", u.nick, s.peer, reason)
-        self._presence(u, "AWAY " + u.nick)
-
-    def _leave(self, u, reason, code=None):
-        """``u`` leaves the chat for good (its connection may still be
-        flushing). What was held for it while away fails with ``code``."""
-        if self.users.get(u.key) is not u:
-            return
-        if u.partner is not None:
-            self._unpair(u, reason)
-        # Presence goes out while u still counts and its requests stand, so
-        # the users in a pair request with it hear that it left.
-        self._presence(u, "LEFT %s %s" % (u.nick, reason))
-        self._withdraw(u)
-        if u.askers:
-            for a in u.askers:
-                a.asked = None
-            u.askers = None
-        del self.users[u.key]
-        del self.roster[u]
-        self.away.pop(u, None)
-        self._void_token(u)
-        u.conn = None
-        u.old = None
-        u.told = None
-        held, u.held = u.held, None
-        u.held_bytes = 0
-        if held:
-            if code is None:
-                code = "shutdown" if self.shutting_down else "left"
-            text = "away, then left (%s)" % reason
-            for msg in held:
-                self._failed(msg, code, text)
-        self.log.info("%s left: %s", u.nick, reason)
-
-    def _expire_away(self, now):
-        """Away users whose resume window has ended leave for good."""
-        away = self.away
-        while away:
-            u = next(iter(away))
-            if now < u.away_until:
-                break
-            self._leave(u, "no resume within %g s" % self.limits.resume_time,
-                        "away-expired")
-
-    # ------------------------------------------------------------ output
-
-    def _tell(self, u, text):
-        """A line for user ``u``: now if it is connected, on resume if it is
-        away (or about to be: its connection is closing, the server
-        restarting), never if it left."""
-        c = u.conn
-        if c is not None and c.live:
-            self._reply(c, text)
-        else:
-            self._tell_later(u, text)
-
-    def _tell_now(self, u, text):
-        """A line about state that a resume says again in full (PAIRED,
-        PAIR-REQUEST): only for a user connected now."""
-        c = u.conn
-        if c is not None and c.live:
-            self._reply(c, text)
-
-    def _tell_later(self, u, text):
-        if self.users.get(u.key) is u and (u.conn is None or self._resumable(u.conn)):
-            if u.told is None:
-                u.told = []
-            u.told.append(text)
+    # ------------------------------------------------------ output
 
     def _reply(self, s, text):
         self._queue(s, encode_frame(text.encode()) if s.framed else text.encode() + b"\n")
+
+    def _reply_lines(self, s, lines):
+        """Several replies as one chunk: an answer and its final line."""
+        if s.framed:
+            data = b"".join([encode_frame(line.encode()) for line in lines])
+        else:
+            data = ("\n".join(lines) + "\n").encode()
+        self._queue(s, data, len(lines))
 
     def _error(self, s, code, detail):
         self.log.info("%s (%s): ERR %s %s", s.nick or "-", s.peer, code, detail)
@@ -1449,7 +864,8 @@ class Chat:
         if s.held() > limit:
             self._doom(s, "slow consumer")
 
-    # ------------------------------------------------------------ endings
+
+    # ----------------------------------------------------- endings
 
     def _turn_away(self, s, code, detail, why):
         """Never counted among the sessions; it only says why and goes."""
@@ -1531,11 +947,6 @@ class Chat:
             else:
                 self._fail_held(s, reason)
         self.to_close.append(s)
-
-
-def _text_size(text):
-    """An upper bound of ``text``'s UTF-8 size, without encoding it."""
-    return len(text) if text.isascii() else 4 * len(text)
 
 
 def _echo(text, limit):
