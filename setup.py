@@ -37,7 +37,8 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["tcpchat", "tcpchat.*"]),
     install_requires=[],
-    extras_require={"test": ["pytest>=7"]},
+    # trustme makes the TLS tests' certificates (tests/tlshelp.py).
+    extras_require={"test": ["pytest>=7", "trustme>=1.0"]},
     entry_points={
         "console_scripts": [
             "tcpchat-server = tcpchat.server:main",

@@ -1,8 +1,9 @@
 """python -m bench [--quick]: run the benchmarks and print one table.
 
-Every server (tcpchat in line and framed mode, and the baselines) runs as a
-subprocess on a 127.0.0.1 port the kernel picks; load comes from separate
-load generator processes. Progress goes to stderr, the table to stdout.
+Every server (tcpchat in line and framed mode, at its defaults and quiet,
+the baselines, and miniircd when it can be fetched) runs as a subprocess on
+a 127.0.0.1 port; load comes from separate load generator processes.
+Progress goes to stderr, the table to stdout.
 """
 
 import argparse
@@ -14,7 +15,20 @@ import time
 from bench import procs, report
 from bench.scenarios import PLANS, TARGETS, Runner
 
-SCENARIOS = ("throughput", "latency", "fanout", "connections")
+SCENARIOS = ("throughput", "latency", "fanout", "connections", "flood")
+#: In a --markdown file, this heading and all after it are notes written by
+#: hand (findings, earlier runs): kept when the file is written again.
+NOTES = "## Notes kept between runs"
+
+
+def sizes(text):
+    try:
+        values = tuple(int(x) for x in text.split(",") if x)
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected comma-separated numbers of pairs, e.g. 10,1000")
+    return values
 
 
 def make_parser():
@@ -33,12 +47,21 @@ def make_parser():
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     parser.add_argument("--markdown", metavar="PATH",
                         help="also write the report as Markdown (bench/RESULTS.md)")
-    parser.add_argument("--log-level", default="warning",
+    parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"),
-                        help="tcpchat's --log-level in the runs: warning (default) measures "
-                        "the chat, info adds a log line per message as the server's default does")
+                        help="tcpchat's --log-level in its tcpchat/line, tcpchat/framed and "
+                        "line-syslog runs (default: %(default)s, the server's default, a log "
+                        "line per message); the -quiet runs always use warning")
     parser.add_argument("--profile", metavar="DIR",
                         help="run tcpchat under cProfile, one .prof file per run in DIR")
+    parser.add_argument("--offline", action="store_true",
+                        help="do not fetch miniircd from the package index: use the copy "
+                        "cached by an earlier run, or skip it")
+    parser.add_argument("--pairs", type=sizes, metavar="P,P,...",
+                        help="the throughput scenario's numbers of pairs, instead of the plan's")
+    parser.add_argument("--window", type=int, metavar="N",
+                        help="throughput: unconfirmed messages per connection, instead of "
+                        "16384 shared out (16 to 256 each)")
     return parser
 
 
@@ -49,12 +72,16 @@ def main(argv=None):
     unknown = [t for t in targets if t not in TARGETS] + [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         make_parser().error("unknown: %s" % ", ".join(unknown))
-    plan = PLANS[args.plan]
+    plan = dict(PLANS[args.plan])
+    if args.pairs:
+        plan["pairs"] = args.pairs
+    if args.window:
+        plan["window"] = args.window
     procs.TCPCHAT_LOG_LEVEL = args.log_level
     # Other work on the machine moves the figures: say how busy it was.
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    runner = Runner(plan, targets, profile_dir=args.profile,
+    runner = Runner(plan, targets, profile_dir=args.profile, offline=args.offline,
                     progress=lambda text: print("bench: " + text, file=sys.stderr, flush=True))
     results = runner.run_everything(scenarios)
     m = report.machine()
@@ -73,16 +100,34 @@ def main(argv=None):
                                    for k, v in sorted(results.items()) for t, r in v.items()]},
                       f, indent=1)
     if args.markdown:
+        notes = ""
+        try:
+            with open(args.markdown) as f:
+                old = f.read()
+            if NOTES in old:
+                notes = old[old.index(NOTES):]
+        except OSError:
+            pass
         with open(args.markdown, "w") as f:
             f.write(markdown(m, args, table, goals))
+            if notes:
+                f.write("\n" + notes)
     failed = any("error" in r for v in results.values() for r in v.values())
     return 1 if failed else 0
 
 
 def markdown(m, args, table, goals):
     command = "python -m bench" + {"full": "", "quick": " --quick", "tiny": " --tiny"}[args.plan]
-    if args.log_level != "warning":
+    if args.log_level != "info":
         command += " --log-level " + args.log_level
+    for option in ("scenarios", "targets"):
+        chosen = getattr(args, option)
+        if chosen != make_parser().get_default(option):
+            command += " --%s %s" % (option, chosen)
+    if args.pairs:
+        command += " --pairs " + ",".join(map(str, args.pairs))
+    if args.window:
+        command += " --window %d" % args.window
     lines = [
         "# Benchmark results",
         "",
@@ -107,18 +152,31 @@ def markdown(m, args, table, goals):
 
 HOW = """## How the figures are taken
 
-- Every server runs as its own subprocess on a 127.0.0.1 port the kernel
-  picks, a fresh one for every run, driven by separate load generator
-  processes (`bench/loadgen.py`); nothing leaves loopback.
-- tcpchat runs as `python -m tcpchat.server --host 127.0.0.1 --port 0
-  --no-syslog --log-level LEVEL`, LEVEL from `python -m bench --log-level`
-  (`warning` unless given): the cost of the chat, not of writing a log line
-  per message. At the server's default `info` level each message is logged,
-  which `python -m bench --log-level info` measures.
+- Every server runs as its own subprocess on a 127.0.0.1 port, a fresh
+  one for every run, driven by separate load generator processes
+  (`bench/loadgen.py`); nothing leaves loopback.
+- tcpchat runs as installed: `python -m tcpchat.server --host 127.0.0.1
+  --port 0 --log-file TMPDIR/server.log --no-syslog`, at its default
+  `--log-level info`, so every message is logged to stderr (read by the
+  bench in large chunks, so the pipe never blocks it) and to the log file.
+  The systemd unit passes `--no-syslog` too. Beside it: `-quiet`, the
+  same at `--log-level warning` (the chat alone), and `tcpchat/line-syslog`,
+  the defaults plus `--syslog-messages --syslog-address TMPDIR/log.sock`
+  (one datagram a message), a datagram socket
+  that a bench process (`bench/syslogd.py`) reads and counts, as
+  rsyslog or journald read /dev/log.
+- miniircd 2.3 (a one-file IRC server) is fetched with `pip download
+  miniircd==2.3 --no-deps` into `$XDG_CACHE_HOME/tcpchat-bench` once, and
+  run with the bench's own Python; when it cannot be had it is skipped with
+  a message. Its clients register with NICK and USER and send `PRIVMSG NICK
+  :TEXT`; it confirms nothing to the sender, so a sender's window is
+  refilled when its partner has read its messages. It serves with
+  select(), so it takes at most 500 pairs (descriptors below 1024).
 - Server CPU is utime + stime from `/proc/PID/stat` of the server process,
   read before and after a run (10 ms ticks: small figures are coarse).
   It is steadier than wall time on a shared machine, so targets on cost use it.
-- Memory is VmRSS from `/proc/PID/status`, before and after the storm.
+- Memory is VmRSS from `/proc/PID/status`, before and after the storm; in
+  the flood, VmHWM (the peak) at the end, and VmRSS sampled every 100 ms.
 - Throughput: P pairs, both ends sending `/msg PARTNER TEXT` (32 bytes of
   text) with a window of unconfirmed messages per connection (16 to 256),
   refilled in one batch when half of it is confirmed. Delivered = MSG lines
@@ -127,6 +185,14 @@ HOW = """## How the figures are taken
 - Latency: clients paired up, each sending one message every 100 ms,
   spread evenly; every message carries its send time, so send-to-MSG and
   send-to-DELIVERED are measured by the process that sent it.
+- Flood: 200 registered line-mode users read everything; one more sends
+  `/all x`, `/msg READER x` or `/help` lines as fast as the server takes
+  them (non-blocking sends; it reads and counts its replies) for 10 s
+  (3 s in a quick run); a bystander pair each send 20 `/ping`s and 20
+  private messages a second, timed to PONG and to MSG. A reader is dropped
+  when the server closes it or the bystanders see its LEFT. After the flood
+  everyone keeps reading for a drain time (5 s; 3 s quick); a reply not in by
+  then is missing, and a quantile that falls on one shows as "lost".
 - "load generator CPU" is the generator's own CPU time over wall time; at
   90% and over its figures are marked, as it may have been the bottleneck.
 - Two cores shared with other work: rates and latencies move by tens of per

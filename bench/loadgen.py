@@ -23,7 +23,8 @@ Each reply says how much CPU the generator itself used against wall time,
 so that a run where it, not the server, was the bottleneck says so.
 
 Dialects: ``line`` (tcpchat line mode and both chat baselines), ``framed``
-(tcpchat framed mode), ``relay`` (the relay baseline's frames).
+(tcpchat framed mode), ``relay`` (the relay baseline's frames), ``irc``
+(miniircd: NICK/USER, PRIVMSG, and no confirmation to the sender).
 """
 
 import collections
@@ -56,6 +57,10 @@ RX_MSG_ID = re.compile(rb"MSG (\d+) ")
 RX_STAMP = re.compile(rb" t(\d+)x")
 RX_SENT_ID = re.compile(rb"SENT (\d+) ")
 RX_DELIVERED_ID = re.compile(rb"DELIVERED (\d+) ")
+# The bystanders of the flood run parse whole lines.
+RX_PONG = re.compile(rb"^PONG t(\d+)x\r?$", re.M)
+RX_STAMPED_MSG = re.compile(rb"^MSG \d+ \S+ \S+ t(\d+)x\r?$", re.M)
+RX_LEFT = re.compile(rb"^LEFT (\S+) ?(.*?)\r?$", re.M)
 # Ids per "/ack ID ID ..." frame: a read's worth of MSGs is acknowledged at
 # once, as tcpchat-client does; 1000 ids stay far below --max-frame.
 ACK_BATCH = 1000
@@ -72,21 +77,37 @@ class Dialect:
         self.name = name
         self.framed = name in ("framed", "relay")
         self.needs_ack = name == "framed"
-        self.confirm = confirm.encode() + b" "  # b"SENT " or b"DELIVERED "
-        self.registered = b"PAIRED" if name == "relay" else b"OK nick"
+        self.irc = name == "irc"
+        # An IRC server confirms nothing: a message counts as confirmed to
+        # its sender when the partner (in this process) has read it.
+        self.confirm = confirm.encode() + b" " if confirm else None
+        self.registered = {"relay": b"PAIRED", "irc": b" 001 "}.get(name, b"OK nick")
+        if self.irc:
+            self.msg = b" PRIVMSG "
+            # 401 no such nick, 432/433 bad or taken nick, ERROR: closing.
+            self.bad = (b" 401 ", b" 432 ", b" 433 ", b"ERROR :")
+        else:
+            self.msg = MSG
+            self.bad = (ERR, FAILED)
 
     def wrap(self, text):
-        return frame(text) if self.framed else text + b"\n"
+        if self.framed:
+            return frame(text)
+        return text + (b"\r\n" if self.irc else b"\n")
 
     def hello(self, nick, pair_key):
         if self.name == "relay":
             return frame(b"PAIR " + pair_key)
+        if self.irc:
+            return b"NICK %s\r\nUSER %s 0 * :%s\r\n" % (nick, nick, nick)
         marker = b"\x00" if self.framed else b""
         return marker + self.wrap(b"/nick " + nick)
 
     def private(self, to, text):
         if self.name == "relay":
             return frame(b"MSG " + text)
+        if self.irc:
+            return b"PRIVMSG %s :%s\r\n" % (to, text)
         return self.wrap(b"/msg " + to + b" " + text)
 
 
@@ -199,7 +220,7 @@ class LoadGen:
                     c.regbuf = b""
                     busy -= 1
                     done += 1
-                elif ERR in c.regbuf:
+                elif any(bad in c.regbuf for bad in self.dialect.bad):
                     self._drop(c)
                     busy -= 1
                     failed += 1
@@ -213,7 +234,8 @@ class LoadGen:
         for a, b in zip(ready[0::2], ready[1::2]):
             a.peer, b.peer = b, a
         return {"started": started, "ended": ended, "registered": done,
-                "failed": n - done, "total": len(self.clients)}
+                "failed": n - done, "total": len(self.clients),
+                "first": ready[0].nick.decode() if ready else None}
 
     def cmd_throughput(self, warmup, duration, window, text_size=32, drain=5.0, pace=0.0003):
         """Pairs send each other private messages as fast as they are taken."""
@@ -227,6 +249,7 @@ class LoadGen:
         ep = self.ep
         by_fd = self.by_fd
         read = self._read
+        by_self = self.dialect.confirm is not None
         t0 = time.monotonic()
         cpu0 = time.process_time()
         for c in pairs:
@@ -253,10 +276,12 @@ class LoadGen:
                     self._flush(c)
                 if ev & (EPOLLIN | EPOLLERRS):
                     done = read(c)
-                    if done and sending and c.inflight <= refill_at and c.peer is not None:
-                        k = window - c.inflight
-                        c.inflight = window
-                        self._send(c, c.msg * k)
+                    # Whose window moved: c's, or (IRC) its partner's.
+                    owner = c if by_self else c.peer
+                    if done and sending and owner is not None and owner.inflight <= refill_at:
+                        k = window - owner.inflight
+                        owner.inflight = window
+                        self._send(owner, owner.msg * k)
             now = time.monotonic()
             if snap is None and now >= t_measure:
                 snap = (self.msgs, self.confirms, now)
@@ -423,6 +448,191 @@ class LoadGen:
             times.append(time.monotonic_ns() - t0)
         return {"times": times, "user_lines": lines}
 
+    # -- the flood scenario: readers, one flooder, a bystander pair ---------
+
+    def cmd_flood_read(self, start_at, duration, drain):
+        """Every client here reads all that comes, through the flood and after.
+
+        Returns the nicks of those the server closed: well-behaved readers
+        that a flood got dropped.
+        """
+        self.reset_counts()
+        ep = self.ep
+        by_fd = self.by_fd
+        read = self._read
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        end = wall0 + max(0.0, (start_at - time.monotonic_ns()) / 1e9) + duration + drain
+        while time.monotonic() < end:
+            for fd, ev in ep.poll(0.05):
+                c = by_fd.get(fd)
+                if c is None:
+                    continue
+                if ev & EPOLLOUT:
+                    self._flush(c)
+                if ev & (EPOLLIN | EPOLLERRS):
+                    read(c)
+        wall = time.monotonic() - wall0
+        return {"readers": len(self.clients), "msgs": self.msgs,
+                "closed": [c.nick.decode() for c in self.clients if c.sock is None],
+                "lg_cpu": (time.process_time() - cpu0) / wall}
+
+    def cmd_flood(self, command, answer, start_at, duration, drain, chunk=65536):
+        """Client 0 sends ``command`` over and over, as fast as it is taken.
+
+        Sends never block (the server may stop reading it: that is what
+        flood control does); what comes back is read and counted, so it is
+        never cut off for not reading. It stops sending after ``duration``
+        and reading after ``drain`` more, or when the server closes it.
+        """
+        c = self.clients[0]
+        line = command.encode() + b"\n"
+        data = memoryview(line * max(1, chunk // len(line)))
+        answer = answer.encode()
+        sock = c.sock
+        ep = self.ep
+        ep.modify(c.fd, EPOLLIN | EPOLLOUT)
+        pos = 0
+        sent = 0
+        answered = 0
+        errors = 0
+        tail = b""
+        last = b""
+        dropped_at = None
+        t0 = start_at / 1e9
+        while time.monotonic() < t0:
+            time.sleep(min(0.01, max(0.0, t0 - time.monotonic())))
+        cpu0 = time.process_time()
+        stop_sending = t0 + duration
+        end = stop_sending + drain
+        sending = True
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            if sending and now >= stop_sending:
+                sending = False
+                ep.modify(c.fd, EPOLLIN)
+            for fd, ev in ep.poll(0.01):
+                if ev & EPOLLOUT and sending:
+                    try:
+                        n = sock.send(data[pos:])
+                    except (BlockingIOError, InterruptedError):
+                        n = 0
+                    except OSError:
+                        dropped_at = time.monotonic() - t0
+                        break
+                    sent += n
+                    pos += n
+                    if pos == len(data):
+                        pos = 0
+                if ev & (EPOLLIN | EPOLLERRS):
+                    try:
+                        got = sock.recv(RECV_SIZE)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        got = b""
+                    if not got:
+                        dropped_at = time.monotonic() - t0
+                        break
+                    buf = tail + got
+                    answered += buf.count(answer) - tail.count(answer)
+                    errors += buf.count(ERR) - tail.count(ERR)
+                    tail = buf[-TAIL:]
+                    last = got
+            if dropped_at is not None:
+                break
+        cpu = time.process_time() - cpu0
+        if dropped_at is not None:
+            self._drop(c)
+        # The end of what the server said last: why it closed, if it did.
+        said = last[-300:].decode("utf-8", "replace").strip().splitlines()
+        return {"sent_bytes": sent, "sent_lines": sent // len(line), "answered": answered,
+                "errors": errors, "dropped_at": dropped_at, "last_line": said[-1] if said else "",
+                "lg_cpu": cpu / max(1e-9, time.monotonic() - t0)}
+
+    def cmd_bystand(self, start_at, duration, rate, drain):
+        """A pair that keeps chatting through the flood, and times it.
+
+        Each of the two sends ``/ping tNANOSx`` and a private message
+        ``tNANOSx`` to the other, ``rate`` of each a second, spread evenly;
+        a PONG or MSG carrying its stamp back gives one round trip. Replies
+        are parsed by whole lines, since a flood of ``/all`` lands in the
+        same stream.
+        """
+        pair = [c for c in self.clients[:2]]
+        for c in pair:
+            c.regbuf = b""
+        ep = self.ep
+        by_fd = self.by_fd
+        per_second = 4 * rate  # 2 clients x (ping + message)
+        total = int(per_second * duration)
+        ping_lat = []
+        msg_lat = []
+        left = {}  # nick -> the reason its LEFT gave
+        pings = msgs = 0
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        t0 = start_at
+        end = t0 + int((duration + drain) * 1e9)
+        s = 0
+        while True:
+            now = time.monotonic_ns()
+            if now >= end:
+                break
+            due = min(total, (now - t0) * per_second // 1_000_000_000 + 1) if now >= t0 else 0
+            while s < due:
+                c = pair[s % 2]
+                stamp = time.monotonic_ns()
+                if (s // 2) % 2 == 0:
+                    self._send(c, b"/ping t%dx\n" % stamp)
+                    pings += 1
+                else:
+                    self._send(c, b"/msg %s t%dx\n" % (c.peer.nick, stamp))
+                    msgs += 1
+                s += 1
+            if s >= total and len(ping_lat) >= pings and len(msg_lat) >= msgs:
+                break
+            if any(c.sock is None for c in pair):
+                break
+            if s < total:
+                wait = max(0.0, (t0 + s * 1e9 / per_second - time.monotonic_ns()) / 1e9)
+            else:
+                wait = 0.05
+            for fd, ev in ep.poll(min(wait, 0.05)):
+                c = by_fd.get(fd)
+                if c is None:
+                    continue
+                if ev & EPOLLOUT:
+                    self._flush(c)
+                if not ev & (EPOLLIN | EPOLLERRS):
+                    continue
+                try:
+                    data = c.sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop(c)
+                    continue
+                at = time.monotonic_ns()
+                buf = c.regbuf + data
+                cut = buf.rfind(b"\n") + 1
+                whole, c.regbuf = buf[:cut], buf[cut:]
+                if len(c.regbuf) > RECV_SIZE:  # no line is this long
+                    c.regbuf = b""
+                ping_lat.extend([at - int(x) for x in RX_PONG.findall(whole)])
+                msg_lat.extend([at - int(x) for x in RX_STAMPED_MSG.findall(whole)])
+                if b"LEFT " in whole:
+                    for nick, why in RX_LEFT.findall(whole):
+                        left[nick.decode()] = why.decode("utf-8", "replace")
+        wall = time.monotonic() - wall0
+        return {"pings": pings, "msgs": msgs, "ping_lat": ping_lat, "msg_lat": msg_lat,
+                "left": left, "dropped": sum(1 for c in pair if c.sock is None),
+                "lg_cpu": (time.process_time() - cpu0) / wall}
+
     def cmd_quit(self):
         for c in self.clients:
             if c.sock is not None:
@@ -436,7 +646,11 @@ class LoadGen:
     # -- I/O --------------------------------------------------------------
 
     def _read(self, c):
-        """Count what arrived on c; return how many of c's messages were confirmed."""
+        """Count what arrived on c; return how many messages were confirmed.
+
+        Whose messages: c's own, or with an IRC server (which confirms
+        nothing), its partner's, which c has just read.
+        """
         try:
             data = c.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -448,18 +662,24 @@ class LoadGen:
             return 0
         tail = c.tail
         buf = tail + data if tail else data
-        msgs = buf.count(MSG)
-        confirm = self.dialect.confirm
-        confirmed = buf.count(confirm)
-        bad = buf.count(ERR) + buf.count(FAILED)
+        dialect = self.dialect
+        keyword = dialect.msg
+        msgs = buf.count(keyword)
+        confirm = dialect.confirm
+        confirmed = buf.count(confirm) if confirm else 0
+        bad = 0
+        for word in dialect.bad:
+            bad += buf.count(word)
         if tail:
-            msgs -= tail.count(MSG)
-            confirmed -= tail.count(confirm)
-            bad -= tail.count(ERR) + tail.count(FAILED)
+            msgs -= tail.count(keyword)
+            if confirm:
+                confirmed -= tail.count(confirm)
+            for word in dialect.bad:
+                bad -= tail.count(word)
         c.tail = buf[-TAIL:]
         if msgs:
             self.msgs += msgs
-            if self.dialect.needs_ack:
+            if dialect.needs_ack:
                 ids = RX_MSG_ID.findall(buf)
                 if tail:
                     ids = ids[len(RX_MSG_ID.findall(tail)):]
@@ -468,6 +688,8 @@ class LoadGen:
             if self.track_first and c.first_msg == 0:
                 c.first_msg = self.fan_last = time.monotonic_ns()
                 self.fan_remaining -= 1
+            if confirm is None:
+                confirmed = msgs
         if self.track_latency:
             self._latency(c, buf, tail)
         if bad:
@@ -475,7 +697,10 @@ class LoadGen:
             confirmed += bad  # an ERR or FAILED answers a message too
         if confirmed:
             self.confirms += confirmed
-            c.inflight -= confirmed
+            if confirm is None and c.peer is not None:
+                c.peer.inflight -= confirmed
+            else:
+                c.inflight -= confirmed
         return confirmed
 
     def _latency(self, c, buf, tail):

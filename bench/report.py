@@ -4,14 +4,16 @@ import datetime
 import os
 import platform
 
-from bench.scenarios import BASELINES, TCPCHAT
+import math
+
+from bench.scenarios import BASELINES, FLOODS, TCPCHAT, TCPCHAT_MAIN
 
 # A run whose load generator used at least this share of a core was limited
 # by the generator: its figures are lower bounds for the server.
 SATURATED = 0.90
 
-RATE, MICROS, MILLIS, SECONDS, PERCENT, KIB, MIB, COUNT = (
-    "rate", "us", "ms", "s", "%", "KiB", "MiB", "count")
+RATE, MICROS, MILLIS, SECONDS, PERCENT, KIB, MIB, COUNT, FRACTION = (
+    "rate", "us", "ms", "s", "%", "KiB", "MiB", "count", "fraction")
 
 #: scenario -> (title, size label, rows of (figure label, key, unit, ratios?))
 ROWS = {
@@ -19,6 +21,7 @@ ROWS = {
         ("delivered msg/s", "delivered_per_s", RATE, True),
         ("confirmed msg/s", "confirmed_per_s", RATE, True),
         ("server CPU us/delivered msg", "cpu_us_per_msg", MICROS, True),
+        ("syslog datagrams/msg", "syslog_per_msg", FRACTION, False),
         ("server CPU busy", "server_busy", PERCENT, False),
         ("load generator CPU", "lg_cpu", PERCENT, False),
     ]),
@@ -37,6 +40,23 @@ ROWS = {
         ("sender has DELIVERED * ms", "confirm_ms", MILLIS, False),
         ("server CPU ms", "cpu_ms", MILLIS, False),
     ]),
+    "flood": ("5 flood", "one client sends %s as fast as it can", [
+        ("bystander /ping p50 ms", "ping_p50_ms", MILLIS, False),
+        ("bystander /ping p99 ms", "ping_p99_ms", MILLIS, False),
+        ("bystander /msg to MSG p50 ms", "msg_p50_ms", MILLIS, False),
+        ("bystander /msg to MSG p99 ms", "msg_p99_ms", MILLIS, False),
+        ("bystander slowest answered ms", "max_ms", MILLIS, False),
+        ("bystander replies missing", "missing", COUNT, False),
+        ("readers dropped", "dropped", COUNT, False),
+        ("readers", "readers", COUNT, False),
+        ("server peak RSS MiB", "peak_rss_mib", MIB, False),
+        ("server CPU s", "server_cpu_s", SECONDS, False),
+        ("flooder commands sent/s", "flood_sent_per_s", RATE, False),
+        ("flooder commands answered/s", "flood_answered_per_s", RATE, False),
+        ("flooder cut off after s", "flooder_dropped_s", SECONDS, False),
+        ("server exit after SIGTERM s (-: killed)", "stop_s", SECONDS, False),
+        ("load generator CPU", "lg_cpu", PERCENT, False),
+    ]),
     "connections": ("4 connections", "N=%d clients", [
         ("connect+register storm s", "storm_s", SECONDS, False),
         ("server CPU for the storm s", "storm_cpu_s", SECONDS, False),
@@ -46,12 +66,18 @@ ROWS = {
         ("server CPU per /who ms", "who_cpu_ms", MILLIS, False),
     ]),
 }
-ORDER = ("throughput", "latency", "fanout", "connections")
+ORDER = ("throughput", "latency", "fanout", "connections", "flood")
+#: Rows shown only when some run has the figure (syslog: one target only).
+OPTIONAL = ("syslog_per_msg",)
 
 
 def fmt(value, unit):
     if value is None:
         return "-"
+    if value == math.inf:
+        return "lost"  # a reply that never came: the quantile is past the run
+    if unit == FRACTION:
+        return "%.2f" % value
     if unit == RATE:
         return "{:,.0f}".format(value)
     if unit == PERCENT:
@@ -80,40 +106,58 @@ def machine():
     }
 
 
+def size_order(key):
+    scenario, size = key
+    return (ORDER.index(scenario), list(FLOODS).index(size) if scenario == "flood" else size)
+
+
+def ratio_targets(targets):
+    """Whose ratios the "vs" columns show: the defaults, else the quiet runs."""
+    return ([t for t in TCPCHAT[:2] if t in targets]
+            or [t for t in TCPCHAT[2:4] if t in targets])
+
+
 def table(results, targets):
     """The one table: every figure of every run, and tcpchat's ratios."""
-    chat = [t for t in TCPCHAT if t in targets]
+    chat = ratio_targets(targets)
     bases = [b for b in BASELINES if b in targets]
     head = ["figure"] + list(targets) + ["vs " + b for b in bases if chat]
     lines = []
     notes = set()
-    for scenario in ORDER:
+    for key in sorted(results, key=size_order):
+        scenario, size = key
+        by_target = results[key]
         title, size_label, rows = ROWS[scenario]
-        for (name, size), by_target in sorted(
-                (k, v) for k, v in results.items() if k[0] == scenario):
-            lines.append("%s, %s" % (title, size_label % size))
-            for i, (label, key, unit, ratios) in enumerate(rows):
-                cells = ["  " + label]
-                for t in targets:
-                    run = by_target.get(t)
-                    if run is None:
-                        cells.append("")
-                    elif "error" in run:
-                        cells.append("error" if i == 0 else "")
-                    else:
-                        mark = ""
-                        if (run.get("lg_cpu") or 0) >= SATURATED and key != "lg_cpu":
-                            mark += "*"
-                            notes.add("*")
-                        if not run.get("sent_ok", True):
-                            mark += "!"
-                            notes.add("!")
-                        cells.append(fmt(run.get(key), unit) + mark)
-                if chat:
-                    for b in bases:
-                        cells.append(ratio_cell(by_target, chat, b, key) if ratios else "")
-                lines.append(cells)
-            lines.append(None)
+        label = FLOODS[size][0] if scenario == "flood" else size
+        lines.append("%s, %s" % (title, size_label % label))
+        first = True
+        for label, key, unit, ratios in rows:
+            if key in OPTIONAL and all(r.get(key) is None for r in by_target.values()):
+                continue
+            cells = ["  " + label]
+            for t in targets:
+                run = by_target.get(t)
+                if run is None:
+                    cells.append("")
+                elif "error" in run:
+                    cells.append("error" if first else "")
+                elif "skipped" in run:
+                    cells.append("skipped" if first else "")
+                else:
+                    mark = ""
+                    if (run.get("lg_cpu") or 0) >= SATURATED and key != "lg_cpu":
+                        mark += "*"
+                        notes.add("*")
+                    if not run.get("sent_ok", True):
+                        mark += "!"
+                        notes.add("!")
+                    cells.append(fmt(run.get(key), unit) + mark)
+            if chat:
+                for b in bases:
+                    cells.append(ratio_cell(by_target, chat, b, key) if ratios else "")
+            lines.append(cells)
+            first = False
+        lines.append(None)
     widths = [max(len(str(c)) for c in col)
               for col in zip(head, *[ln for ln in lines if isinstance(ln, list)])]
 
@@ -128,21 +172,38 @@ def table(results, targets):
     legend = []
     if chat:
         legend.append(
-            "vs BASELINE: tcpchat %s divided by that baseline's figure "
-            "(more is better for msg/s, less for us and ms)."
-            % " / ".join(t.split("/")[1] for t in chat))
+            "vs BASELINE: %s divided by that baseline's figure "
+            "(more is better for msg/s, less for us and ms); the targets below "
+            "give the other ratios." % " / ".join(chat))
+    if any(t in targets for t in TCPCHAT):
+        legend.append(
+            "tcpchat/line and /framed run as installed: --log-level info, every message "
+            "logged to stderr and to a --log-file, no syslog; -quiet: --log-level warning; "
+            "line-syslog: as installed plus --syslog-messages --syslog-address, "
+            "a bench-side syslog socket.")
     legend.append(
         "ack: DELIVERED for tcpchat (line mode: written to the recipient's socket; "
-        "framed: the recipient sent /ack), SENT for the baselines.")
+        "framed: the recipient sent /ack), SENT for the baselines; miniircd confirms nothing "
+        "(confirmed msg/s: -).")
     if "*" in notes:
         legend.append(
             "*: a load generator used >= %d%% of a core: it may have been the "
             "bottleneck, and the server may do better than this figure." % (SATURATED * 100))
     if "!" in notes:
-        legend.append("!: not every message sent was delivered and acknowledged.")
-    errors = ["%s %s %s: %s" % (k[0], k[1], t, r["error"])
-              for k, v in sorted(results.items()) for t, r in v.items() if "error" in r]
-    legend += ["error: " + e for e in errors]
+        legend.append("!: not every message sent was delivered and acknowledged "
+                      "(flood: not every bystander /ping or message was answered).")
+    if any(k[0] == "flood" for k in results):
+        legend.append("flood: lost = the quantile falls on a reply that never came "
+                      "within the run and its drain time.")
+    skipped = {}  # (target, reason) -> the runs it was skipped in: said once
+    for k, v in sorted(results.items(), key=lambda kv: size_order(kv[0])):
+        for t, r in v.items():
+            if "error" in r:
+                legend.append("error: %s %s %s: %s" % (k[0], k[1], t, r["error"]))
+            elif "skipped" in r:
+                skipped.setdefault((t, r["skipped"]), []).append("%s %s" % k)
+    for (t, why), where in skipped.items():
+        legend.append("skipped: %s (%s): %s" % (t, ", ".join(where), why))
     return "\n".join(text).rstrip() + "\n\n" + "\n".join(legend)
 
 
@@ -166,35 +227,81 @@ TARGETS = (
     ("storm", "the 10,000-client connect-and-register storm done in under 10 s"),
     ("latency", "p99 send-to-MSG under 5 ms at 1,000 clients x 10 messages a second"),
     ("fanout", "an /all to 10,000 users at the last one in under 1 s"),
+    ("miniircd", "at the defaults, private messages delivered and confirmed a second at "
+     "least 1.0x what miniircd delivers (unconfirmed), 100 pairs, line mode"),
+    ("miniircd-quiet", "at --log-level warning, at least 1.5x miniircd, 100 pairs, line mode"),
+    ("log", "logging every message (stderr and --log-file) costs at most 1 us of server CPU "
+     "per message over --log-level warning"),
+    ("syslog", "one syslog datagram per message costs at most 1 us of server CPU per message "
+     "over --log-level warning"),
+    ("flood", "while one client floods /all, /msg or /help, a bystander's /ping and private "
+     "messages keep a p99 under 50 ms"),
+    ("flood-drops", "no well-behaved reader is dropped during a flood"),
 )
+#: The pair size of the miniircd comparison (issue 12: 100 pairs).
+MINIIRCD_PAIRS = 100
 
 
 def targets_met(results, plan):
     """(met: True, False or None for not measured, target, detail) per target."""
     found = {}
 
-    def runs(scenario, size=None):
-        for (name, n), by_target in sorted(results.items()):
+    def runs(scenario, size=None, targets=TCPCHAT_MAIN):
+        for (name, n), by_target in sorted(results.items(), key=lambda kv: size_order(kv[0])):
             if name == scenario and (size is None or n == size):
-                for t in TCPCHAT:
-                    if t in by_target and "error" not in by_target[t]:
+                for t in targets:
+                    if t in by_target and ok(by_target[t]):
                         yield n, t, by_target[t], by_target
+
+    def ok(run):
+        return "error" not in run and "skipped" not in run
+
+    def short(t):
+        return t.split("/")[1]
 
     cpu = [(r["cpu_us_per_msg"], t, n) for n, t, r, _ in runs("throughput")]
     if cpu:
         worst = max(cpu)
         found["cpu"] = (worst[0] <= 2.5, "worst %.2f us (%s, P=%d); %s" % (
             worst[0], worst[1], worst[2], ", ".join(
-                "%s P=%d %.2f" % (t.split("/")[1], n, v) for v, t, n in cpu)))
+                "%s P=%d %.2f" % (short(t), n, v) for v, t, n in cpu)))
     for base, factor in (("asyncio", 2), ("threads", 4)):
         ratios = [(r["delivered_per_s"] / by[base]["delivered_per_s"], t, n)
                   for n, t, r, by in runs("throughput")
-                  if base in by and "error" not in by[base] and by[base]["delivered_per_s"]]
+                  if base in by and ok(by[base]) and by[base]["delivered_per_s"]]
         if ratios:
             worst = min(ratios)
             found[base] = (worst[0] >= factor, "worst %.2fx (%s, P=%d); %s" % (
                 worst[0], worst[1], worst[2], ", ".join(
-                    "%s P=%d %.2fx" % (t.split("/")[1], n, v) for v, t, n in ratios)))
+                    "%s P=%d %.2fx" % (short(t), n, v) for v, t, n in ratios)))
+    # miniircd confirms nothing: tcpchat's figure is what it both delivered
+    # and confirmed, miniircd's what it delivered.
+    for goal, target, factor in (("miniircd", "tcpchat/line", 1.0),
+                                 ("miniircd-quiet", "tcpchat/line-quiet", 1.5)):
+        for n, t, r, by in runs("throughput", MINIIRCD_PAIRS, (target,)):
+            base = by.get("miniircd")
+            if base and ok(base) and base["delivered_per_s"]:
+                mine = min(r["delivered_per_s"], r["confirmed_per_s"])
+                x = mine / base["delivered_per_s"]
+                # Rates depend on how much of the shared cores each server
+                # got; the CPU each spent per message says it another way.
+                found[goal] = (x >= factor, "%.2fx (%s %s msg/s, miniircd %s msg/s, P=%d; "
+                               "server CPU per message %.2f us vs %.2f us)" % (
+                                   x, target, fmt(mine, RATE), fmt(base["delivered_per_s"], RATE),
+                                   n, r["cpu_us_per_msg"], base["cpu_us_per_msg"]))
+    for goal, loud, quiet in (("log", ("tcpchat/line", "tcpchat/framed"),
+                               ("tcpchat/line-quiet", "tcpchat/framed-quiet")),
+                              ("syslog", ("tcpchat/line-syslog",), ("tcpchat/line-quiet",))):
+        costs = []
+        for n, t, r, by in runs("throughput", targets=loud):
+            q = quiet[loud.index(t)]
+            if q in by and ok(by[q]):
+                costs.append((r["cpu_us_per_msg"] - by[q]["cpu_us_per_msg"], t, n))
+        if costs:
+            worst = max(costs)
+            found[goal] = (worst[0] <= 1.0, "worst +%.2f us (%s, P=%d); %s" % (
+                worst[0], worst[1], worst[2], ", ".join(
+                    "%s P=%d +%.2f" % (short(t), n, v) for v, t, n in costs)))
     conns = list(runs("connections", 10000))
     if conns:
         rss = max((r["rss_kib_per_conn"], t) for _, t, r, _ in conns)
@@ -211,6 +318,20 @@ def targets_met(results, plan):
     if fan:
         worst = max(fan)
         found["fanout"] = (worst[0] < 1000, "worst %.0f ms (%s)" % worst)
+    floods = list(runs("flood", targets=TCPCHAT))
+    if floods:
+        p99 = []
+        for v, t, r, _ in floods:
+            for key in ("ping", "msg"):
+                value = r["%s_p99_ms" % key]
+                p99.append((math.inf if value is None else value, "%s %s" % (FLOODS[v][0], key)))
+        worst = max(p99)
+        found["flood"] = (worst[0] < 50, "worst %s ms (%s); %s" % (
+            fmt(worst[0], MILLIS), worst[1],
+            ", ".join("%s %s" % (what, fmt(value, MILLIS)) for value, what in p99)))
+        drops = [(r["dropped"], r["readers"], FLOODS[v][0]) for v, t, r, _ in floods]
+        found["flood-drops"] = (all(d == 0 for d, _, _ in drops), "; ".join(
+            "%s: %d of %d dropped" % (what, d, n) for d, n, what in drops))
     out = []
     for key, target in TARGETS:
         met, detail = found.get(key, (None, "not measured in this run"))

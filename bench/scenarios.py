@@ -1,44 +1,92 @@
-"""The four scenarios of the benchmark issue, each run against one target.
+"""The scenarios of the benchmark issues, each run against one target.
 
 A target is a server and the way the load generator speaks to it. Every run
 starts a fresh server (so that memory and CPU are that run's alone), drives
 it from one or more load processes, and returns a dict of figures; a run
-that fails returns ``{"error": ...}`` and the rest go on.
+that fails returns ``{"error": ...}``, one that cannot be had here
+``{"skipped": ...}``, and the rest go on.
 """
 
+import collections
+import math
 import os
 import time
 
-from bench.procs import BenchError, LoadProcess, ServerProcess, run_all
+from bench import miniircd
+from tcpchat.protocol import HELP
+from bench.procs import (BenchError, BenchSkip, LoadProcess, RssSampler, ServerProcess,
+                         run_all)
 
-#: name -> (server kind, load generator dialect, the sender's acknowledgement)
+Target = collections.namedtuple("Target", "server dialect confirm variant")
+
+#: name -> the server, the load generator's dialect, the sender's
+#: acknowledgement (None: there is none), and tcpchat's logging variant
+#: (bench.procs.TCPCHAT_VARIANTS).
 TARGETS = {
-    "tcpchat/line": ("tcpchat", "line", "DELIVERED"),
-    "tcpchat/framed": ("tcpchat", "framed", "DELIVERED"),
-    "relay": ("relay", "relay", "SENT"),
-    "asyncio": ("asyncio", "line", "SENT"),
-    "threads": ("threads", "line", "SENT"),
+    # As installed: --log-level info, a line per message to stderr and to
+    # a --log-file (no syslog: the systemd unit turns it off too).
+    "tcpchat/line": Target("tcpchat", "line", "DELIVERED", "defaults"),
+    "tcpchat/framed": Target("tcpchat", "framed", "DELIVERED", "defaults"),
+    # --log-level warning: the chat alone.
+    "tcpchat/line-quiet": Target("tcpchat", "line", "DELIVERED", "quiet"),
+    "tcpchat/framed-quiet": Target("tcpchat", "framed", "DELIVERED", "quiet"),
+    # The defaults plus --syslog-messages: one datagram a message to a
+    # bench-side syslog socket.
+    "tcpchat/line-syslog": Target("tcpchat", "line", "DELIVERED", "syslog"),
+    "relay": Target("relay", "relay", "SENT", None),
+    "asyncio": Target("asyncio", "line", "SENT", None),
+    "threads": Target("threads", "line", "SENT", None),
+    "miniircd": Target("miniircd", "irc", None, None),
 }
-TCPCHAT = ("tcpchat/line", "tcpchat/framed")
-BASELINES = ("relay", "asyncio", "threads")
+#: tcpchat's targets, in table order; the first two are the defaults.
+TCPCHAT = ("tcpchat/line", "tcpchat/framed", "tcpchat/line-quiet", "tcpchat/framed-quiet",
+           "tcpchat/line-syslog")
+#: What the targets of the older issues are judged on (syslog is a cost study).
+TCPCHAT_MAIN = TCPCHAT[:4]
+BASELINES = ("relay", "asyncio", "threads", "miniircd")
+#: Run in the throughput scenario only: syslog's cost is one per message,
+#: which throughput measures, and miniircd is compared on throughput.
+ONLY_THROUGHPUT = ("tcpchat/line-syslog", "miniircd")
+#: The flood scenario: tcpchat in line mode, as installed.
+FLOOD_TARGETS = ("tcpchat/line",)
+#: Flood variants: what the flooder sends, the reply line it counts, and how
+#: many of those answer one command. "SOMEONE" is a well-behaved reader.
+FLOODS = collections.OrderedDict([
+    ("all", ("/all x", "SENT ", 1)),
+    ("msg", ("/msg SOMEONE x", "SENT ", 1)),
+    ("help", ("/help", "OK help ", 1)),
+])
 
-#: Sizes and durations (seconds) of a run. "quick" is under a minute,
-#: "tiny" is for the smoke test and proves only that everything works.
+#: Sizes and durations (seconds) of a run. "quick" is under a minute (two
+#: with the flood), "tiny" is for the smoke test and proves only that
+#: everything works. Flood: readers; seconds of flooding; seconds everyone
+#: keeps reading after it; bystander /pings and messages a second, each; and
+#: seconds the server gets to exit on SIGTERM before it is killed (one
+#: still working through a flood's backlog is not waited for).
 PLANS = {
     "full": {
         "pairs": (10, 100, 1000), "warmup": 0.5, "duration": 3.0,
         "lat_clients": 1000, "lat_rate": 10, "lat_duration": 10.0,
         "fanout": (100, 1000, 10000), "connections": (1000, 10000), "who": 10,
+        "flood_readers": 200, "flood_duration": 10.0, "flood_drain": 5.0, "flood_rate": 20,
+        "flood_stop": 5.0,
     },
     "quick": {
         "pairs": (10, 100), "warmup": 0.3, "duration": 1.0,
         "lat_clients": 1000, "lat_rate": 10, "lat_duration": 2.0,
         "fanout": (100, 1000), "connections": (1000,), "who": 5,
+        "flood_readers": 200, "flood_duration": 3.0, "flood_drain": 3.0, "flood_rate": 20,
+        "flood_stop": 5.0,
     },
     "tiny": {
         "pairs": (2,), "warmup": 0.1, "duration": 0.3,
-        "lat_clients": 10, "lat_rate": 10, "lat_duration": 0.5,
+        "lat_clients": 10, "lat_rate": 10, "lat_duration": 0.3,
         "fanout": (5,), "connections": (10,), "who": 2,
+        "flood_readers": 5, "flood_duration": 0.3, "flood_drain": 0.5, "flood_rate": 20,
+        "flood_stop": 0.5,
+        # The -quiet runs differ from the defaults by a server option only,
+        # which the throughput runs prove works.
+        "quiet_beyond_throughput": False,
     },
 }
 
@@ -58,6 +106,22 @@ THROUGHPUT_INFLIGHT = 16384
 # Throughput connections per load process: one pass over 2,000 sockets takes
 # the generator long enough that the server idles between its batches.
 THROUGHPUT_CONNECTIONS_PER_LOAD = 1000
+# Flood readers per load process. Each reads every /all of the flood; one
+# process keeps up with the server (it only counts), and each more one
+# takes a share of the two cores from the server and the bystanders.
+FLOOD_READERS_PER_LOAD = 200
+# Connections a load process opens at once to miniircd, whose listen
+# backlog is 5: more and the kernel drops SYNs, retried a second later.
+MINIIRCD_CONCURRENCY = 4
+
+
+def percentile(samples, q, missing=0):
+    """The q-quantile of samples, a missing sample counted as infinitely late."""
+    n = len(samples) + missing
+    if not n:
+        return None
+    i = min(n - 1, int(q * n))
+    return samples[i] if i < len(samples) else math.inf
 
 
 def split(n, parts):
@@ -65,41 +129,71 @@ def split(n, parts):
 
 
 class Runner:
-    def __init__(self, plan, targets, profile_dir=None, progress=None):
+    def __init__(self, plan, targets, profile_dir=None, progress=None, offline=False):
         self.plan = plan
         self.targets = targets
         self.profile_dir = profile_dir
         self.progress = progress or (lambda text: None)
+        self.offline = offline
         self._profiles = 0
+        self._miniircd = None  # its path, or the Unavailable that says why not
 
     # -- plumbing ---------------------------------------------------------
 
     def _server(self, target):
-        kind = TARGETS[target][0]
+        t = TARGETS[target]
+        if t.server == "miniircd":
+            return self._miniircd_server()
         profile = None
-        if self.profile_dir and kind == "tcpchat":
+        if self.profile_dir and t.server == "tcpchat":
             self._profiles += 1
             os.makedirs(self.profile_dir, exist_ok=True)
             profile = os.path.join(
                 self.profile_dir, "%02d-%s.prof" % (self._profiles, target.replace("/", "-")))
-        return ServerProcess(kind, profile=profile)
+        return ServerProcess(t.server, variant=t.variant or "defaults", profile=profile)
 
-    def _loads(self, target, port, count):
-        _, dialect, confirm = TARGETS[target]
+    def miniircd_script(self):
+        """miniircd.py's path, fetched once; BenchSkip when it cannot be had."""
+        if self._miniircd is None:
+            try:
+                self._miniircd = miniircd.find(offline=self.offline)
+            except miniircd.Unavailable as e:
+                self._miniircd = e
+                self.progress("miniircd %s skipped: %s" % (miniircd.VERSION, e))
+        if isinstance(self._miniircd, Exception):
+            raise BenchSkip("miniircd %s not available: %s" % (miniircd.VERSION, self._miniircd))
+        return self._miniircd
+
+    def _miniircd_server(self):
+        script = self.miniircd_script()
+        # The port is free when asked, and could be taken by the time
+        # miniircd binds it: then it exits, and a second port is tried.
+        for attempt in (1, 2):
+            try:
+                return ServerProcess("miniircd", ready=miniircd.READY,
+                                     argv=miniircd.command(script, miniircd.free_port()))
+            except BenchError:
+                if attempt == 2:
+                    raise
+
+    def _loads(self, target, port, count, first_index=0):
+        t = TARGETS[target]
         loads = []
         try:
             for i in range(count):
-                loads.append(LoadProcess(dialect, port, index=i, confirm=confirm))
+                loads.append(LoadProcess(t.dialect, port, index=first_index + i,
+                                         confirm=t.confirm))
         except BaseException:
             for lp in loads:
                 lp.close()
             raise
         return loads
 
-    def _connect(self, loads, n, timeout=120.0, shares=None):
+    def _connect(self, loads, n, timeout=120.0, shares=None, prefix="u", concurrency=500):
         shares = shares or split(n, len(loads))
         for lp, share in zip(loads, shares):
-            lp.send("connect", n=share, prefix="u", timeout=timeout - 10)
+            lp.send("connect", n=share, prefix=prefix, timeout=timeout - 10,
+                    concurrency=concurrency)
         replies = [lp.reply(timeout) for lp in loads]
         registered = sum(r["registered"] for r in replies)
         if registered != n:
@@ -107,10 +201,12 @@ class Runner:
         return replies
 
     def run(self, name, target, size, fn):
-        self.progress("%-12s %-15s %s" % (name, target, size))
+        self.progress("%-12s %-20s %s" % (name, target, size))
         started = time.monotonic()
         try:
             result = fn(target, size)
+        except BenchSkip as exc:
+            result = {"skipped": str(exc)}
         except BenchError as exc:
             result = {"error": str(exc)}
         result["wall"] = time.monotonic() - started
@@ -120,26 +216,40 @@ class Runner:
 
     def throughput(self, target, pairs):
         plan = self.plan
+        t = TARGETS[target]
+        if t.server == "miniircd" and pairs > miniircd.MAX_PAIRS:
+            raise BenchSkip("miniircd serves with select(), descriptors below 1024 only: "
+                            "at most %d pairs" % miniircd.MAX_PAIRS)
         window = max(16, min(256, THROUGHPUT_INFLIGHT // (2 * pairs)))
+        if self.plan.get("window"):
+            window = self.plan["window"]
         count = -(-2 * pairs // THROUGHPUT_CONNECTIONS_PER_LOAD)
         with self._server(target) as srv:
             loads = self._loads(target, srv.port, count)
             try:
                 # Both ends of a pair live in the same process.
-                self._connect(loads, 2 * pairs, shares=[2 * p for p in split(pairs, count)])
+                self._connect(loads, 2 * pairs, shares=[2 * p for p in split(pairs, count)],
+                              concurrency=MINIIRCD_CONCURRENCY if t.dialect == "irc" else 500)
+                syslog0 = srv.syslog.count() if srv.syslog else None
                 cpu0, t0 = srv.cpu_seconds(), time.monotonic()
                 replies = run_all(loads, "throughput", plan["warmup"] + plan["duration"] + 60,
                                   warmup=plan["warmup"], duration=plan["duration"],
                                   window=window)
                 cpu1, t1 = srv.cpu_seconds(), time.monotonic()
+                syslog1 = srv.syslog.count() if srv.syslog else None
+                log_bytes = srv.log_file_bytes()
             finally:
                 for lp in loads:
                     lp.close()
         total = sum(r["delivered_total"] for r in replies)
         return {
             "delivered_per_s": sum(r["delivered"] / r["seconds"] for r in replies),
-            "confirmed_per_s": sum(r["confirmed"] / r["seconds"] for r in replies),
+            # An IRC server confirms nothing to the sender.
+            "confirmed_per_s": (sum(r["confirmed"] / r["seconds"] for r in replies)
+                                if t.confirm else None),
             "cpu_us_per_msg": (cpu1 - cpu0) / max(total, 1) * 1e6,
+            "syslog_per_msg": (syslog1 - syslog0) / max(total, 1) if srv.syslog else None,
+            "log_bytes": log_bytes,
             "server_busy": (cpu1 - cpu0) / (t1 - t0),
             "lg_cpu": max(r["lg_cpu"] for r in replies),
             "sent_ok": total > 0 and all(
@@ -252,13 +362,116 @@ class Runner:
                        and who["user_lines"] == clients * len(times),
         }
 
+    # -- scenario 5 -------------------------------------------------------
+
+    def flood(self, target, variant):
+        """One client floods; well-behaved readers and a bystander pair go on.
+
+        ``flood_readers`` registered users read everything; one flooder
+        sends FLOODS[variant] as fast as the server takes it, for
+        ``flood_duration`` seconds; two bystanders each send ``flood_rate``
+        /pings and private messages a second to time the round trips. The
+        server's resident memory is sampled throughout (and VmHWM read at the
+        end), and every reader the server closed, or announced as LEFT, is
+        counted as dropped.
+        """
+        plan = self.plan
+        n = plan["flood_readers"]
+        duration, drain = plan["flood_duration"], plan["flood_drain"]
+        command, answer, per_command = FLOODS[variant]
+        count = -(-n // FLOOD_READERS_PER_LOAD)
+        timeout = duration + drain + 60
+        with self._server(target) as srv:
+            loads = []
+            try:
+                readers = self._loads(target, srv.port, count)
+                loads += readers
+                first = self._connect(readers, n, prefix="r")[0]["first"]
+                bystanders = self._loads(target, srv.port, 1)
+                loads += bystanders
+                self._connect(bystanders, 2, prefix="b")
+                flooders = self._loads(target, srv.port, 1)
+                loads += flooders
+                self._connect(flooders, 1, prefix="f")
+                rss0, cpu0 = srv.rss_kib(), srv.cpu_seconds()
+                start_at = time.monotonic_ns() + 300_000_000
+                with RssSampler(srv) as rss:
+                    for lp in readers:
+                        lp.send("flood_read", start_at=start_at, duration=duration, drain=drain)
+                    bystanders[0].send("bystand", start_at=start_at, duration=duration,
+                                       rate=plan["flood_rate"], drain=drain)
+                    flooders[0].send("flood", command=command.replace("SOMEONE", first),
+                                     answer=answer, start_at=start_at, duration=duration,
+                                     drain=drain)
+                    flooder = flooders[0].reply(timeout)
+                    by = bystanders[0].reply(timeout)
+                    read = [lp.reply(timeout) for lp in readers]
+                    # Before the clients go (and the server warns of each).
+                    warnings = list(srv.warnings)
+                    try:
+                        cpu1, peak = srv.cpu_seconds(), srv.peak_rss_kib()
+                    except OSError:
+                        raise BenchError("the server died during the flood: %s"
+                                         % " | ".join(list(srv.log)[-3:]))
+            finally:
+                for lp in loads:
+                    lp.close()
+            # A server still working through the flood's backlog is not
+            # waited for long: its figures are taken.
+            t_stop = time.monotonic()
+            exited = srv.stop(timeout=plan["flood_stop"])
+            stop_s = time.monotonic() - t_stop
+        closed = set()
+        for r in read:
+            closed.update(r["closed"])
+        left = {nick: why for nick, why in by["left"].items() if nick.startswith("r")}
+        dropped = closed | set(left)
+        why = collections.Counter(left.get(nick, "closed, no LEFT seen") for nick in dropped)
+        out = {
+            "readers": sum(r["readers"] for r in read),
+            "dropped": len(dropped),
+            "dropped_closed": len(closed),
+            "dropped_left": len(left),
+            "dropped_why": dict(why),
+            "reader_msgs": sum(r["msgs"] for r in read),
+            "server_cpu_s": cpu1 - cpu0,
+            "rss_before_mib": rss0 / 1024,
+            "peak_rss_mib": peak / 1024,
+            "sampled_rss_mib": (rss.max_kib() or 0) / 1024,
+            "flood_sent_per_s": flooder["sent_lines"] / duration,
+            "flood_answered_per_s": flooder["answered"] / per_command / duration,
+            "flooder_dropped_s": flooder["dropped_at"],
+            "flooder_last_line": flooder["last_line"],
+            # What the server said about it: why it cut someone off.
+            "server_warnings": warnings[-10:],
+            "bystanders_dropped": by["dropped"],
+            # Seconds from SIGTERM to exit; None: killed after flood_stop.
+            "stop_s": stop_s if exited else None,
+            "missing": (by["pings"] - len(by["ping_lat"])) + (by["msgs"] - len(by["msg_lat"])),
+            "lg_cpu": max([flooder["lg_cpu"], by["lg_cpu"]] + [r["lg_cpu"] for r in read]),
+        }
+        for key, sent in (("ping", by["pings"]), ("msg", by["msgs"])):
+            samples = sorted(by[key + "_lat"])
+            missing = max(0, sent - len(samples))
+            for label, q in (("p50", 0.50), ("p99", 0.99)):
+                v = percentile(samples, q, missing)
+                out["%s_%s_ms" % (key, label)] = v / 1e6 if v is not None else None
+        answered = by["ping_lat"] + by["msg_lat"]
+        out["max_ms"] = max(answered) / 1e6 if answered else None
+        out["sent_ok"] = out["missing"] == 0 and by["pings"] > 0 and by["msgs"] > 0
+        return out
+
     # -- everything -------------------------------------------------------
 
-    def run_everything(self, scenarios=("throughput", "latency", "fanout", "connections")):
+    def run_everything(self, scenarios=("throughput", "latency", "fanout", "connections",
+                                        "flood")):
         """Results as {(scenario, size): {target: figures}}."""
         plan = self.plan
         results = {}
-        chat = [t for t in self.targets if t in TCPCHAT]
+        beyond = [t for t in self.targets if t not in ONLY_THROUGHPUT]
+        if not plan.get("quiet_beyond_throughput", True):
+            beyond = [t for t in beyond if not t.endswith("-quiet")]
+        chat = [t for t in beyond if t in TCPCHAT]
         if "throughput" in scenarios:
             for pairs in plan["pairs"]:
                 for target in self.targets:
@@ -266,7 +479,7 @@ class Runner:
                         "throughput", target, pairs, self.throughput)
         if "latency" in scenarios:
             n = plan["lat_clients"]
-            for target in self.targets:
+            for target in beyond:
                 results.setdefault(("latency", n), {})[target] = self.run(
                     "latency", target, n, self.latency)
         if "fanout" in scenarios:
@@ -279,4 +492,10 @@ class Runner:
                 for target in chat:
                     results.setdefault(("connections", clients), {})[target] = self.run(
                         "connections", target, clients, self.connections)
+        if "flood" in scenarios:
+            for variant in FLOODS:
+                for target in self.targets:
+                    if target in FLOOD_TARGETS:
+                        results.setdefault(("flood", variant), {})[target] = self.run(
+                            "flood", target, variant, self.flood)
         return results

@@ -2,28 +2,54 @@
 
 Theory of operation
 -------------------
-A ``Chat`` holds one ``Session`` per connection. The I/O shell calls in with
-what happened on the wire and reads out what to do; the chat never touches a
-socket, a clock or a logger of its own (it is handed ``now`` and a logger):
+A ``Chat`` holds one ``Session`` per connection and one ``User`` per
+registered nick. The I/O shell calls in with what happened on the wire and
+reads out what to do; the chat never touches a socket, a clock or a logger
+of its own (it is handed ``now`` and a logger):
 
     in:  now = monotonic seconds         the shell's clock, set each loop pass
-         connect(peer, now) -> Session   a connection was accepted
+         connect(peer, now, host)        a connection was accepted -> Session
          receive(session, data)          bytes arrived
-         sent(session, nbytes)           the first nbytes of session.out left
+         eof(session)                    the peer shut down its sending side
+         sent(session, nbytes)           the shell tried to write session.out;
+                                         the first nbytes left (0: none did)
+         session.transport_held = bytes  what the shell holds for it below the
+                                         protocol (TLS), counted in held()
          disconnect(session, reason)     the connection is gone
+         work(now)                       act on input held back earlier
          expire(now)                     time passed (timeouts, drain bounds)
          shutdown(now)                   say goodbye to everyone
     out: session.out                     byte chunks to write, in order
+         session.reading                 whether to read from its socket
          chat.flushable                  sessions that got output to write
+         chat.input_changed              sessions whose ``reading`` changed
          chat.to_close                   sessions whose socket must close now
+         chat.backlog                    non-empty: call work() without waiting
+         chat.next_wakeup()              when work() has throttled input due
 
-Delivery. Every chat message gets a ``Message`` record with a server-wide id.
-Each recipient holds the record until it has the message: a line-mode
-recipient (nc, telnet) has it once every byte up to the end of its MSG lines
-has been written to its socket, so the record sits in ``session.marks`` with
-that stream offset; a framed recipient (a program) has it once it sends
-``/ack ID``, so the record sits in ``session.unacked``. When a recipient
-goes away, whatever it still holds fails, and the sender hears of it.
+Fairness. No client can make one loop pass long: each pass acts on at most
+PASS_BUDGET units of a connection's input (a unit is a message the server
+sends because of it, so an ``/all`` counts its recipients), and what is left
+stays in the connection's decoder, then in the kernel, until a later pass.
+Over a longer time, ``Limits.rate`` units a second (a token bucket holding
+one second's worth) apply backpressure to a flooder alone: the shell stops
+reading from it until its bucket refills, so its flood piles up in its own
+socket buffers and nowhere else. A connection whose own replies pile up
+unread is not read either, until they drain.
+
+The rest lives in two modules of its own, mixed into ``Chat``:
+``tcpchat.delivery`` (messages, receipts, outcomes, and the memory each
+connection holds for them) and ``tcpchat.users`` (users, pairs, presence,
+away and resume, restarts). Each opens with its own theory of operation.
+
+Memory. Everything the server holds for a connection's sake counts against
+``Limits.max_queue`` (``Session.held()``): output not yet written, and each
+message the connection has yet to receive, with its bookkeeping (see
+``tcpchat.delivery``). Once the server has tried to write and the
+connection is still over the limit, its oldest unacknowledged messages fail
+first; if its unwritten output alone is over, it is cut off as a slow
+consumer. Input is bounded by the decoders (one read plus one message) and,
+before a nick is registered, by PRE_REGISTER_MAX.
 
 Rules that keep it honest:
 
@@ -35,16 +61,49 @@ Rules that keep it honest:
    last thing a peer reads.
 3. Every sender hears exactly one SENT or ERR per chat message, in order,
    and later exactly one DELIVERED or FAILED per private recipient, or one
-   ``DELIVERED ID * COUNT`` summary for a message to everyone.
+   ``DELIVERED ID * COUNT`` summary for a message to everyone: a receipt
+   leaves its holder before its outcome is told, and a broadcast holds one
+   receipt of its own while it fans out, so that it cannot be summed up
+   before every recipient has been counted.
+4. A message refers to its sender's ``User``, never to a connection, so a
+   message in flight keeps nothing of a closed connection alive.
 """
 
 import collections
+import heapq
+import ipaddress
 import logging
+import secrets
 
+from .delivery import RECEIPT_COST, Delivery, Message
+from .escaping import escape
 from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
-from .protocol import GREETING, HELP, OPEN_COMMANDS, split_command, valid_nick
+from .protocol import (
+    HELP,
+    MSG_HEADROOM,
+    OPEN_COMMANDS,
+    SEPARATORS,
+    greeting,
+    is_quit,
+    split_command,
+    split_word,
+    valid_nick,
+)
+from .users import Roster, User
 
-__all__ = ["Limits", "Chat", "Session", "Message"]
+__all__ = ["Limits", "Chat", "Session", "User", "Message", "parse_exemptions"]
+
+#: Units of one connection's input acted on per loop pass (see Fairness).
+#: At a few us a unit (a queued message and its share of a write), a pass
+#: spends a few ms at most on one client, however fast it sends.
+PASS_BUDGET = 256
+#: Bytes a message, command or frame may have before its sender registers:
+#: /nick, /ping and /help are short, and a connection that has not said who
+#: it is should not make the server hold 64 KiB for it.
+PRE_REGISTER_MAX = 512
+#: Bytes of bookkeeping counted per queued output chunk (its deque slot and
+#: object header; the payload is counted by its length).
+CHUNK_COST = 48
 
 
 class Limits:
@@ -59,6 +118,11 @@ class Limits:
         "register_timeout",
         "presence_limit",
         "drain_time",
+        "rate",
+        "receipt_timeout",
+        "max_per_address",
+        "exempt",
+        "resume_time",
     )
 
     def __init__(
@@ -66,11 +130,16 @@ class Limits:
         max_clients=10000,  # connections at once
         max_line=4096,  # bytes in one line-mode message
         max_frame=65536,  # bytes in one frame's payload
-        max_queue=1 << 20,  # bytes of unwritten output per connection
+        max_queue=1 << 20,  # bytes held for one connection (see Memory)
         max_unacked=4096,  # messages awaiting /ack per framed connection
         register_timeout=60.0,  # seconds from connect to a successful /nick
         presence_limit=256,  # registered users up to which all see presence
         drain_time=2.0,  # seconds a closing connection gets to flush
+        rate=20000,  # units a second per connection (see Fairness); 0: no limit
+        receipt_timeout=60.0,  # seconds a recipient may hold a message; 0: none
+        max_per_address=16,  # connections from one address; 0: no limit
+        exempt=None,  # networks exempt from max_per_address
+        resume_time=120.0,  # seconds a user is kept away for /resume; 0: none
     ):
         self.max_clients = max_clients
         self.max_line = max_line
@@ -80,46 +149,16 @@ class Limits:
         self.register_timeout = register_timeout
         self.presence_limit = presence_limit
         self.drain_time = drain_time
+        self.rate = rate
+        self.receipt_timeout = receipt_timeout
+        self.max_per_address = max_per_address
+        self.exempt = parse_exemptions(("127.0.0.1", "::1")) if exempt is None else exempt
+        self.resume_time = resume_time
 
 
-class Message:
-    """One chat message on its way: who sent it, who still has to get it."""
-
-    __slots__ = ("id", "sender", "to", "text", "pending", "delivered", "_line", "_frame")
-
-    def __init__(self, msg_id, sender, to, text):
-        self.id = msg_id
-        self.sender = sender
-        self.to = to  # the recipient's nick at send time, or "*"
-        self.text = text
-        self.pending = 0  # recipients that neither have it nor have failed
-        self.delivered = 0
-        # Encoded at most once per framing, however many recipients.
-        self._line = None
-        self._frame = None
-
-    def line(self):
-        """The MSG as line-mode bytes.
-
-        A line-mode peer cannot take a newline inside a message, so each
-        line of the text becomes its own MSG line with the same id.
-        """
-        data = self._line
-        if data is None:
-            head = "MSG %d %s %s " % (self.id, self.sender.nick, self.to)
-            text = self.text
-            if "\n" in text:  # only a framed sender can send one
-                text = ("\n" + head).join(text.split("\n"))
-            data = self._line = (head + text + "\n").encode()
-        return data
-
-    def frame(self):
-        """The MSG as one frame."""
-        data = self._frame
-        if data is None:
-            text = "MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)
-            data = self._frame = encode_frame(text.encode())
-        return data
+def parse_exemptions(texts):
+    """``["127.0.0.1", "10.0.0.0/8"]`` -> networks; ValueError names a bad one."""
+    return tuple(ipaddress.ip_network(t, strict=False) for t in texts)
 
 
 class Session:
@@ -127,66 +166,99 @@ class Session:
 
     __slots__ = (
         "peer",
+        "host",
         "handle",
         "framed",
         "decoder",
-        "nick",
-        "key",
-        "partner",
-        "asked",
-        "askers",
+        "user",
         "out",
         "enqueued",
         "written",
+        "backed_up",
         "marks",
         "unacked",
+        "receipt_bytes",
         "live",
         "closing",
         "deadline",
         "gone",
+        "graceful",
         "connected_at",
+        "reading",
+        "held_back",
+        "eof",
+        "tokens",
+        "refilled_at",
+        "quitting",
+        "transport_held",
+        "__weakref__",
     )
 
-    def __init__(self, peer, now):
+    def __init__(self, peer, now, host=None):
         self.peer = peer  # "host:port", for logs
+        self.host = host  # the address alone, for the per-address limit
         self.handle = None  # the shell's own object (its socket); opaque here
         self.framed = None  # unknown until the first byte; then True or False
         self.decoder = None
-        self.nick = None  # None until /nick succeeds
-        self.key = None  # nick.lower(): nicks are unique ignoring case
-        self.partner = None
-        self.asked = None  # the session we sent a pending pair request to
-        self.askers = None  # sessions with a pending pair request to us
+        self.user = None  # its User once /nick succeeds
         self.out = collections.deque()
         self.enqueued = 0  # bytes ever queued
         self.written = 0  # bytes ever written
-        self.marks = None  # deque of (stream offset, Message): line-mode receipts
-        self.unacked = None  # {id: Message} awaiting /ack: framed receipts
+        self.backed_up = False  # the last write left output behind
+        self.marks = None  # deque of (stream offset, Message, since): line-mode receipts
+        # {id: (Message, since, stream offset of its end)} awaiting /ack: framed receipts
+        self.unacked = None
+        self.receipt_bytes = 0  # what marks and unacked hold (see held())
         self.live = True  # we may queue output to it
         self.closing = None  # reason, once it is to close after its output
         self.deadline = None  # when a closing session is cut off regardless
         self.gone = False  # its connection is over
+        self.graceful = False  # it ended with all its output written
         self.connected_at = now
+        self.reading = True  # the shell should read from its socket
+        self.held_back = None  # why its input waits: "budget", "rate", "output"
+        self.eof = False  # the peer will send nothing more
+        self.tokens = 0.0  # rate-limit bucket, in units (see Fairness)
+        self.refilled_at = now
+        self.quitting = False  # it said /quit: its user leaves for good
+        self.transport_held = 0  # set by the shell: TLS state and ciphertext
+
+    @property
+    def nick(self):
+        user = self.user
+        return user.nick if user is not None else None
 
     @property
     def queued(self):
         """Bytes queued and not yet written."""
         return self.enqueued - self.written
 
+    def held(self):
+        """Bytes the server holds for this connection (see Memory): its
+        unwritten output, for each message it has yet to receive the
+        message's encoded size and RECEIPT_COST of bookkeeping, and what the
+        shell holds below the protocol (``transport_held``: TLS)."""
+        return (self.enqueued - self.written + CHUNK_COST * len(self.out)
+                + self.receipt_bytes + self.transport_held)
+
     def __repr__(self):
-        return "<Session %s %s %s queued=%d%s>" % (
+        return "<Session %s %s %s queued=%d%s%s>" % (
             self.peer,
             self.nick or "-",
             {None: "new", True: "framed", False: "line"}[self.framed],
             self.queued,
+            " held_back=%s" % self.held_back if self.held_back else "",
             " closing=%r" % self.closing if self.closing else "",
         )
 
 
-class Chat:
+class Chat(Roster, Delivery):
     """The whole chat's state, driven by the I/O shell. See the module doc."""
 
-    def __init__(self, limits=None, logger=None, log_text=True, message_log=None):
+    # --------------------------------------------------- shell API
+
+    def __init__(self, limits=None, logger=None, log_text=True, new_token=None,
+                 message_log=None):
         self.limits = limits or Limits()
         self.log = logger or logging.getLogger("tcpchat.null")
         if logger is None:
@@ -199,13 +271,31 @@ class Chat:
         self._log_messages = message_log is not None or self.log.isEnabledFor(logging.INFO)
         self._log_text = log_text
         self.sessions = set()
-        self.users = {}  # key -> Session, in join order
+        self.users = {}  # key -> User
+        self.roster = {}  # User -> None, in the order they joined (for /who)
         self.unregistered = collections.OrderedDict()  # Session -> None, by connect time
         self.closing = collections.OrderedDict()  # Session -> None, by deadline
+        self.per_host = {}  # host -> connections from it
         self.flushable = []
+        self.input_changed = []
         self.to_close = []
+        self.backlog = {}  # Session -> None: input left over for the next pass
+        self.tokens = {}  # SHA-256 of a resume token -> User
+        self.away = collections.OrderedDict()  # User -> None, by when its window ends
+        # Makes resume tokens; at least 128 bits from ``secrets`` (192 here).
+        self._new_token = new_token or (lambda: secrets.token_urlsafe(24))
+        self.restarting = False  # shutting down to come back (--state-file)
+        self._throttled = []  # heap of (when, seq, Session): waiting for tokens
+        self._throttle_seq = 0
         self._doomed = []
+        self._sends = 0  # messages ever queued: the measure of a command's cost
         self._next_id = 1
+        limits = self.limits
+        self.max_text = limits.max_frame - MSG_HEADROOM  # bytes of chat text
+        # Chat text of up to this many characters needs no encoding to tell
+        # that it is within max_text: UTF-8 takes at most 4 bytes a character.
+        self._quick_text_limit = self.max_text // 4
+        self._greeting = (greeting(limits.max_line, limits.max_frame) + "\n").encode()
         self.shutting_down = False
         self.now = 0.0  # monotonic seconds, kept current by the shell
         self._commands = {
@@ -219,77 +309,90 @@ class Chat:
             "/ping": self._cmd_ping,
             "/ack": self._cmd_ack,
             "/help": self._cmd_help,
+            "/resume": self._cmd_resume,
             "/quit": self._cmd_quit,
         }
 
-    # ----------------------------------------------------------- shell API
-
-    def connect(self, peer, now):
-        """A connection was accepted: greet it, or turn it away if full."""
+    def connect(self, peer, now, host=None):
+        """A connection was accepted: greet it, or turn it away and say why."""
         self.now = now
-        s = Session(peer, now)
+        s = Session(peer, now, host)
+        s.tokens = float(self.limits.rate)
+        limit = self.limits.max_per_address
         if len(self.sessions) >= self.limits.max_clients:
-            # Never counted among the sessions; it only says why and goes.
-            self._queue(s, b"ERR server-full the server has its %d clients, try later\n"
-                        % self.limits.max_clients)
-            self.log.warning("%s turned away: server full", peer)
-            self._close_after_flush(s, "server full")
-            return s
+            return self._turn_away(
+                s, "server-full", "the server has its %d clients, try later"
+                % self.limits.max_clients, "server full")
+        if (limit and host is not None and self.per_host.get(host, 0) >= limit
+                and not self._exempt(host)):
+            return self._turn_away(
+                s, "too-many-connections", "%d connections from your address already, "
+                "try later" % limit, "too many connections from " + host)
         self.sessions.add(s)
+        if host is not None:
+            self.per_host[host] = self.per_host.get(host, 0) + 1
         self.unregistered[s] = None
-        self._queue(s, _GREETING_LINE)
+        self._queue(s, self._greeting)
         return s
 
     def receive(self, s, data):
-        """Bytes arrived from ``s``: act on every complete message in them."""
+        """Bytes arrived from ``s``: act on the complete messages in them,
+        as many as this pass's budget allows (see Fairness)."""
         if not s.live or not data:
             return
         if s.decoder is None:
             if data[0] == FRAMED_MARKER:
                 s.framed = True
-                s.decoder = FrameDecoder(self.limits.max_frame)
+                s.decoder = FrameDecoder(min(PRE_REGISTER_MAX, self.limits.max_frame))
                 data = data[1:]
             else:
                 s.framed = False
-                s.decoder = LineDecoder(self.limits.max_line)
-        handle = self._handle
-        for item in s.decoder.feed(data):
-            if type(item) is bytes:
-                try:
-                    text = item.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    self._error(s, "bad-utf8", "not UTF-8 at byte %d, message ignored" % e.start)
-                else:
-                    handle(s, text)
-            else:
-                self._error(s, item.code, item.detail)
-                if item.fatal:
-                    self._close_after_flush(s, item.detail)
-            if not s.live:
-                break  # it said /quit or was cut off: the rest is moot
+                s.decoder = LineDecoder(min(PRE_REGISTER_MAX, self.limits.max_line))
+        s.decoder.push(data)
+        self._consume(s)
+        self._reap()
+
+    def eof(self, s):
+        """The peer shut down its side (``shutdown(SHUT_WR)``, as ``nc -N``
+        does): act on what it sent, write every reply, then close."""
+        if s.gone or s.eof:
+            return
+        s.eof = True
+        self._set_reading(s, False)
+        if s.held_back is None:
+            self._input_done(s)
         self._reap()
 
     def sent(self, s, nbytes):
-        """The shell wrote the first ``nbytes`` of ``s.out`` to the socket."""
-        s.written += nbytes
+        """The shell tried to write ``s.out``; its first ``nbytes`` left."""
         out = s.out
-        if s.written == s.enqueued:
-            out.clear()  # the usual case: everything went at once
-            nbytes = 0
-        while nbytes:
-            size = len(out[0])
-            if nbytes >= size:
-                out.popleft()
-                nbytes -= size
+        if nbytes:
+            s.written += nbytes
+            if s.written == s.enqueued:
+                out.clear()  # the usual case: everything went at once
             else:
-                out[0] = memoryview(out[0])[nbytes:]
-                break
-        marks = s.marks
-        if marks:
-            written = s.written
-            while marks and marks[0][0] <= written:
-                self._delivered(marks.popleft()[1], s)
-        if not out and s.closing is not None and not s.gone:
+                while nbytes:
+                    size = len(out[0])
+                    if nbytes >= size:
+                        out.popleft()
+                        nbytes -= size
+                    else:
+                        out[0] = memoryview(out[0])[nbytes:]
+                        break
+            marks = s.marks
+            if marks:
+                written = s.written
+                while marks and marks[0][0] <= written:
+                    msg = marks.popleft()[1]
+                    s.receipt_bytes -= len(msg._line) + RECEIPT_COST
+                    self._delivered(msg, s)
+        s.backed_up = bool(out)
+        if s.live and s.held() > self.limits.max_queue:
+            self._overflow(s)
+        if s.held_back == "output" and s.live and s.queued <= self._output_pause():
+            self._consume(s)
+        if not s.out and s.closing is not None and not s.gone:
+            s.graceful = True
             self._finish(s, s.closing)
         self._reap()
 
@@ -300,8 +403,29 @@ class Chat:
         self._finish(s, reason)
         self._reap()
 
+    def work(self, now):
+        """Act on input held back by an earlier pass's budget, and on
+        throttled input whose tokens have come back. Call once a pass."""
+        self.now = now
+        if self.backlog:
+            waiting, self.backlog = self.backlog, {}
+            for s in waiting:
+                if s.held_back == "budget" and s.live:
+                    s.held_back = None
+                    self._consume(s)
+        throttled = self._throttled
+        while throttled and throttled[0][0] <= now:
+            s = heapq.heappop(throttled)[2]
+            if s.held_back == "rate" and s.live:
+                self._consume(s)
+        self._reap()
+
+    def next_wakeup(self):
+        """Monotonic time when throttled input may go on, or None."""
+        return self._throttled[0][0] if self._throttled else None
+
     def expire(self, now):
-        """Close what has waited too long: registration and drain bounds."""
+        """Close what has waited too long: registration, receipts, drains."""
         self.now = now
         limit = self.limits.register_timeout
         unregistered = self.unregistered
@@ -312,6 +436,10 @@ class Chat:
             del unregistered[s]
             self._error(s, "timeout", "no /nick within %g s, closing" % limit)
             self._close_after_flush(s, "registration timeout")
+        if self.limits.receipt_timeout:
+            self._expire_receipts(now - self.limits.receipt_timeout)
+        if self.away:
+            self._expire_away(now)
         closing = self.closing
         while closing:
             s = next(iter(closing))
@@ -322,52 +450,180 @@ class Chat:
                 self._finish(s, s.closing + " (output not drained)")
         self._reap()
 
-    def shutdown(self, now):
-        """Tell everyone the server is going; each closes once flushed."""
+    def shutdown(self, now, restarting=False):
+        """Tell everyone the server is going; each closes once flushed.
+
+        Stopping for good, every sender first hears what becomes of its
+        messages still on their way (FAILED, code shutdown or no-receipt),
+        then BYE: nothing is left silent. Restarting (the shell saves the
+        state), users are kept away instead, and what they hold is kept.
+        """
         self.now = now
         self.shutting_down = True
+        self.restarting = restarting
+        if restarting:
+            farewell, reason = "BYE server restarting", "server restarting"
+        else:
+            farewell, reason = "BYE server shutting down", "server shutting down"
+            for s in list(self.sessions):
+                if s.marks or s.unacked:
+                    self._abandon(s)
+            for u in list(self.away):
+                self._leave(u, reason, "shutdown")
         for s in list(self.sessions):
             if s.live:
-                self._reply(s, "BYE server shutting down")
-                self._close_after_flush(s, "server shutting down")
+                self._reply(s, farewell)
+                self._close_after_flush(s, reason)
         self._reap()
 
-    # ------------------------------------------------------------ dispatch
+
+    # ------------------------------------------------------- input
+
+    def _output_pause(self):
+        """Own output above which a connection's input waits (see Fairness)."""
+        return self.limits.max_queue // 2
+
+    def _consume(self, s):
+        """Act on ``s``'s decoded input within this pass's budget."""
+        decoder = s.decoder
+        handle = self._handle
+        budget = PASS_BUDGET
+        rate = self.limits.rate
+        if rate and s.tokens < rate:
+            self._refill(s)
+        tokens = s.tokens if rate else float("inf")
+        pause = self._output_pause()
+        held_back = None
+        while True:
+            if tokens < 1:
+                held_back = "rate"
+                break
+            if budget <= 0:
+                held_back = "budget"
+                break
+            # One at a time until registered: /nick raises the size limit,
+            # so the next message must not be decoded before it is handled.
+            items = decoder.take(budget if s.user is not None else 1)
+            if not items:
+                break
+            for i, item in enumerate(items):
+                before = self._sends
+                if type(item) is bytes:
+                    try:
+                        text = item.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        self._error(s, "bad-utf8",
+                                    "not UTF-8 at byte %d, message ignored" % e.start)
+                    else:
+                        handle(s, text)
+                else:
+                    self._error(s, item.code, item.detail)
+                    if item.fatal:
+                        self._close_after_flush(s, item.detail)
+                # What it cost: the messages it made, but for its own reply.
+                cost = self._sends - before - 1
+                if cost < 1:
+                    cost = 1
+                budget -= cost
+                tokens -= cost
+                if not s.live:
+                    return  # it said /quit or was cut off: the rest is moot
+                if s.enqueued - s.written > pause:
+                    held_back = "output"
+                elif tokens < 1 or budget <= 0:
+                    pass  # said at the top of the next round
+                else:
+                    continue
+                decoder.putback(items[i + 1:])
+                break
+            if held_back is not None:
+                break
+        if rate:
+            s.tokens = tokens
+        s.held_back = held_back
+        if held_back is None:
+            self._input_done(s)
+            return
+        self._set_reading(s, False)
+        if held_back == "budget":
+            self.backlog[s] = None
+        elif held_back == "rate":
+            wait = (1 - tokens) / rate
+            self._throttle_seq += 1
+            heapq.heappush(self._throttled, (self.now + wait, self._throttle_seq, s))
+
+    def _input_done(self, s):
+        """Everything ``s`` sent has been acted on."""
+        if s.eof:
+            self._close_after_flush(s, "connection closed")
+        else:
+            self._set_reading(s, True)
+
+    def _refill(self, s):
+        """Tokens come back at ``rate`` a second, up to one second's worth."""
+        rate = self.limits.rate
+        tokens = s.tokens + (self.now - s.refilled_at) * rate
+        s.tokens = tokens if tokens < rate else float(rate)
+        s.refilled_at = self.now
+
+    def _set_reading(self, s, reading):
+        if s.reading != reading:
+            s.reading = reading
+            self.input_changed.append(s)
+
+
+    # ---------------------------------------------------- dispatch
 
     def _handle(self, s, text):
-        if text[0] == "/":
+        first = text[0]
+        if first == "/":
             if text[1:2] == "/":  # //TEXT is the chat text /TEXT
                 self._chat_text(s, text[1:])
                 return
             word, _, rest = text.partition(" ")
             command = self._commands.get(word)
-            if command is None:
-                # Commands ignore case; almost all arrive in lower case, so
-                # only the rare others pay for lower().
-                word, rest = split_command(text)
+            if command is None or rest[:1] in (" ", "\t"):
+                # Anything but "/word arg" in lower case takes the exact
+                # path: any case, tabs, runs of separators.
+                word, sent_word, rest = split_command(text)
                 command = self._commands.get(word)
-            if s.nick is None and word not in OPEN_COMMANDS:
+            else:
+                sent_word = word
+            if s.user is None and word not in OPEN_COMMANDS:
                 self._error(s, "not-registered", "register first with /nick NAME")
             elif command is None:
-                self._error(s, "unknown-command", "%s is not a command, try /help" % word)
+                self._error(s, "unknown-command",
+                            "%s is not a command, try /help" % _echo(sent_word, 32))
             else:
                 command(s, rest)
-        elif text == ":quit:" or text.strip() == ":quit:":
-            self._cmd_quit(s, "")
-        else:
-            self._chat_text(s, text)
+            return
+        if first == ":" or first in SEPARATORS:
+            reason = is_quit(text)
+            if reason is not None:
+                self._cmd_quit(s, reason)
+                return
+        self._chat_text(s, text)
 
     def _chat_text(self, s, text):
-        if s.nick is None:
+        user = s.user
+        if user is None:
             self._error(s, "not-registered", "register first with /nick NAME")
         elif text.isspace():  # as /msg and /all: blank text is nothing to send
             self._error(s, "usage", "nothing to send: the text is blank")
-        elif s.partner is not None:
-            self._send_private(s, s.partner, text)
+        elif user.partner is not None:
+            self._send_private(user, user.partner, text)
+        elif user.pair_ended is not None:
+            # Typed for the pair, most likely, as it ended: never to everyone
+            # by surprise. Said once; the next plain text goes to everyone.
+            self._error(s, "not-paired", "your pair with %s has ended; nothing was sent. "
+                        "Send it again to send it to everyone, or use /msg or /all"
+                        % user.pair_ended)
+            user.pair_ended = None
         else:
-            self._send_all(s, text)
+            self._send_all(user, text)
 
-    # ------------------------------------------------------------ commands
+
+    # ---------------------------------------------------- commands
 
     def _cmd_nick(self, s, arg):
         name = arg.strip()
@@ -378,100 +634,111 @@ class Chat:
                 s, "bad-nick", "a nick is 1-32 of A-Z a-z 0-9 _ - . starting with a letter"
             )
         key = name.lower()
+        user = s.user
         holder = self.users.get(key)
-        if holder is not None and holder is not s:
+        if holder is not None and holder is not user:
             return self._error(s, "nick-taken", "%s is taken" % holder.nick)
-        old = s.nick
-        if old is None:
+        if user is None:
             del self.unregistered[s]
-        else:
-            del self.users[s.key]
-        s.nick = name
-        s.key = key
-        self.users[key] = s
-        self._reply(s, "OK nick " + name)
-        if old is None:
+            user = s.user = User(name, s)
+            self.users[key] = user
+            self.roster[user] = None
+            # Registered: from now on a message may be as long as the limits say.
+            s.decoder.set_limit(self.limits.max_frame if s.framed else self.limits.max_line)
+            self._send_session(s, user)
+            self._reply(s, "OK nick " + name)
             self.log.info("%s registered as %s", s.peer, name)
-            self._presence(s, "JOINED " + name)
-        elif old != name:
+            self._presence(user, "JOINED " + name)
+            return
+        old = user.nick
+        del self.users[user.key]
+        user.nick = name
+        user.key = key
+        self.users[key] = user
+        self._reply(s, "OK nick " + name)
+        if old != name:
             self.log.info("%s renamed to %s", old, name)
-            self._presence(s, "RENAMED %s %s" % (old, name))
+            self._presence(user, "RENAMED %s %s" % (old, name))
 
     def _cmd_pair(self, s, arg):
-        t = self._target(s, arg.strip())
+        u = s.user
+        t = self._target(s, arg.strip(SEPARATORS))
         if t is None:
             return
-        if s.partner is t:
+        if u.partner is t:
             return self._error(s, "busy", "you are already paired with %s" % t.nick)
-        if s.partner is not None:
+        if u.partner is not None:
             return self._error(
-                s, "busy", "you are paired with %s, /unpair first" % s.partner.nick
+                s, "busy", "you are paired with %s, /unpair first" % u.partner.nick
             )
         if t.partner is not None:
             return self._error(s, "busy", "%s is paired with someone else" % t.nick)
-        self._withdraw(s)
         self._reply(s, "OK pair " + t.nick)
-        if t.asked is s:  # they asked first: now both have asked
+        if u.asked is t:
+            return  # asked already: t heard of it once, that is enough
+        self._withdraw(u, notify=True)  # a new request replaces the old one
+        if t.asked is u:  # they asked first: now both have asked
             self._withdraw(t)
-            s.partner = t
-            t.partner = s
+            u.partner = t
+            t.partner = u
+            u.pair_ended = t.pair_ended = None
             self._reply(s, "PAIRED " + t.nick)
-            self._reply(t, "PAIRED " + s.nick)
-            self.log.info("%s and %s paired", t.nick, s.nick)
+            self._tell_now(t, "PAIRED " + u.nick)
+            self.log.info("%s and %s paired", t.nick, u.nick)
+            # Both are taken now: whoever else asked either of them is told.
+            self._decline_askers(u)
+            self._decline_askers(t)
         else:
-            s.asked = t
+            u.asked = t
             if t.askers is None:
                 t.askers = set()
-            t.askers.add(s)
-            self._reply(t, "PAIR-REQUEST " + s.nick)
-            self.log.info("%s asks %s for a pair", s.nick, t.nick)
+            t.askers.add(u)
+            self._tell_now(t, "PAIR-REQUEST " + u.nick)
+            self.log.info("%s asks %s for a pair", u.nick, t.nick)
 
     def _cmd_unpair(self, s, arg):
-        t = s.partner
+        u = s.user
+        t = u.partner
         if t is not None:
-            self._unpair(s, "ended the pair")
+            self._unpair(u, "ended the pair")
             self._reply(s, "OK unpair " + t.nick)
-        elif s.asked is not None:
-            t = s.asked
-            self._withdraw(s)
+        elif u.asked is not None:
+            t = u.asked
             self._reply(s, "OK unpair " + t.nick)
-            # Without this, t would hold a stale PAIR-REQUEST.
-            self._reply(t, "UNPAIRED %s request withdrawn" % s.nick)
+            self._withdraw(u, notify=True)
         else:
             self._error(s, "not-paired", "you have no pair and no pair request")
 
     def _cmd_msg(self, s, arg):
         name, _, text = arg.partition(" ")
         t = self.users.get(name.lower())
-        if t is not None and t is not s and text and not text.isspace():
-            return self._send_private(s, t, text)
-        # Anything unusual takes the slow path, which says what is wrong.
-        name, _, text = arg.lstrip(" ").partition(" ")
-        if not name or not text.strip():
+        u = s.user
+        if (t is not None and t is not u and text and text[0] not in SEPARATORS
+                and not text.isspace()):
+            return self._send_private(u, t, text)
+        # Anything unusual takes the exact path, which says what is wrong.
+        name, text = split_word(arg)
+        if not name or not text or text.isspace():
             return self._error(s, "usage", "/msg NAME TEXT")
         t = self._target(s, name)
         if t is not None:
-            self._send_private(s, t, text)
+            self._send_private(u, t, text)
 
     def _cmd_all(self, s, arg):
-        if not arg.strip():
+        if not arg or arg.isspace():
             return self._error(s, "usage", "/all TEXT")
-        self._send_all(s, arg)
+        self._send_all(s.user, arg)
 
     def _cmd_who(self, s, arg):
-        users = self.users.values()
-        lines = ["USER %s %s" % (u.nick, "free" if u.partner is None else "paired") for u in users]
-        lines.append("OK who %d" % len(lines))
-        if s.framed:
-            data = b"".join([encode_frame(line.encode()) for line in lines])
-        else:
-            lines.append("")
-            data = "\n".join(lines).encode()
-        self._queue(s, data)
+        users = self.roster
+        lines = ["USER %s %s" % (u.nick, "away" if u.conn is None else
+                                 "free" if u.partner is None else "paired") for u in users]
+        lines.append("OK who %d" % len(users))
+        self._reply_lines(s, lines)
 
     def _cmd_ping(self, s, arg):
-        token = arg.split()
-        self._reply(s, "PONG " + token[0] if token else "PONG")
+        token = split_word(arg)[0]
+        self._reply(s, "PONG " + _echo(token, 256) if token else "PONG")
 
     def _cmd_ack(self, s, arg):
         # Several ids may share one /ack: a client acknowledges at once all
@@ -479,203 +746,107 @@ class Chat:
         words = arg.split()
         if not words:
             return self._error(s, "usage", "/ack ID [ID ...]")
+        for word in words:
+            # ASCII digits only, and few of them: str.isdigit() also takes
+            # "²" and "①", which int() refuses, and int() of thousands of
+            # digits is slow or refused outright.
+            if not (len(word) <= 20 and word.isascii() and word.isdigit()):
+                return self._error(s, "usage", "/ack ID [ID ...]: an ID is a number from MSG")
         unacked = s.unacked or {}
         bad = []
         for word in words:
-            msg = unacked.pop(int(word), None) if word.isdigit() else None
-            if msg is None:
+            entry = unacked.pop(int(word), None)
+            if entry is None:
                 bad.append(word)
             else:
+                msg = entry[0]
+                s.receipt_bytes -= len(msg._frame) + RECEIPT_COST
                 self._delivered(msg, s)
         if bad:
             self._error(s, "no-such-message", "%s not awaiting your receipt" % " ".join(bad))
 
     def _cmd_help(self, s, arg):
-        for line in HELP:
-            self._reply(s, "OK help " + line)
+        lines = ["HELP " + line for line in HELP]
+        lines.append("OK help %d" % len(HELP))
+        self._reply_lines(s, lines)
+
+    def _cmd_resume(self, s, arg):
+        if s.user is not None:
+            return self._error(s, "usage", "/resume is for a new connection, before /nick")
+        if not self.limits.resume_time:
+            return self._error(s, "bad-token", "this server does not keep sessions")
+        u = self._user_for_token(split_word(arg)[0])
+        if u is None:
+            return self._error(s, "bad-token", "unknown, used or expired token; "
+                               "register with /nick NAME")
+        # A connection of the user's still here is a half-open one (the
+        # client saw it die first): it is replaced, and what it held moves
+        # to the new one. So is a lost connection still draining.
+        for old in (u.conn, u.old):
+            if old is not None and not old.gone:
+                u.conn = None
+                self._doom(old, "replaced by a resumed session")
+                self._finish(old, "replaced by a resumed session")
+        del self.unregistered[s]
+        self.away.pop(u, None)
+        u.away_until = None
+        u.conn = s
+        s.user = u
+        s.decoder.set_limit(self.limits.max_frame if s.framed else self.limits.max_line)
+        self._send_session(s, u)
+        self._reply(s, "OK resume " + u.nick)
+        self.log.info("%s resumed as %s", s.peer, u.nick)
+        if u.partner is not None:
+            self._reply(s, "PAIRED " + u.partner.nick)
+        for asker in sorted(u.askers or (), key=lambda a: a.key):
+            self._reply(s, "PAIR-REQUEST " + asker.nick)
+        held, u.held = u.held, None
+        u.held_bytes = 0
+        for msg in held or ():
+            self._deliver_to(msg, s)
+        told, u.told = u.told, None
+        for line in told or ():
+            self._reply(s, line)
+        self._presence(u, "BACK " + u.nick)
 
     def _cmd_quit(self, s, arg):
-        reason = " ".join(arg.split())
+        reason = _echo(" ".join(arg.split()), 200)
+        s.quitting = True  # for good: no resume
         self._reply(s, "BYE goodbye")
         self._close_after_flush(s, "quit: " + reason if reason else "quit")
 
-    # ------------------------------------------------------------ messages
-
     def _target(self, s, name):
-        """The registered user ``name`` other than ``s``, or None after an ERR."""
-        if not name or " " in name:
+        """The registered user ``name`` other than ``s``'s, or None after an ERR."""
+        if not name or split_word(name)[1]:
             self._error(s, "usage", "a nick is one word")
             return None
         t = self.users.get(name.lower())
         if t is None:
-            self._error(s, "no-such-user", "no user %s" % name)
-        elif t is s:
+            self._error(s, "no-such-user", "no user %s" % _echo(name, 32))
+        elif t is s.user:
             self._error(s, "self", "that is you")
             t = None
         return t
 
-    def _send_private(self, s, t, text):
-        msg_id = self._next_id
-        self._next_id = msg_id + 1
-        msg = Message(msg_id, s, t.nick, text)
-        if self._log_messages:
-            self._log_message(msg, text)
-        self._reply(s, "SENT %d %s 1" % (msg_id, t.nick))
-        self._deliver(msg, t)
 
-    def _send_all(self, s, text):
-        users = self.users
-        if len(users) < 2:
-            return self._error(s, "no-recipients", "nobody else is here")
-        msg = Message(self._next_id, s, "*", text)
-        self._next_id += 1
-        if self._log_messages:
-            self._log_message(msg, text)
-        self._reply(s, "SENT %d * %d" % (msg.id, len(users) - 1))
-        deliver = self._deliver
-        # Safe to iterate: a recipient found to be a slow consumer is only
-        # marked here and leaves ``users`` in _reap (rule 1).
-        for t in users.values():
-            if t is not s:
-                deliver(msg, t)
-        if msg.pending == 0:
-            # Every recipient failed at once (all doomed): still one summary.
-            self._summary(msg)
-
-    def _log_message(self, msg, text):
-        s = msg.sender
-        if self._message_log is not None:
-            self._message_log.message(msg.id, s.peer, s.nick, msg.to, text)
-        elif self._log_text:
-            self.log.info("%s message %d %s -> %s: %s", s.peer, msg.id, s.nick, msg.to, text)
-        else:
-            self.log.info("%s message %d %s -> %s", s.peer, msg.id, s.nick, msg.to)
-
-    def _deliver(self, msg, t):
-        """Queue ``msg`` to ``t`` and remember it until ``t`` has it."""
-        msg.pending += 1
-        if not t.live:
-            return self._failed(msg, t, t.closing or "left")
-        if t.framed:
-            data = msg.frame()
-            unacked = t.unacked
-            if unacked is None:
-                unacked = t.unacked = {}
-            unacked[msg.id] = msg
-            if len(unacked) > self.limits.max_unacked:
-                oldest = next(iter(unacked))
-                self._failed(unacked.pop(oldest), t, "no receipt")
-            self._queue(t, data)
-        else:
-            data = msg.line()
-            if t.marks is None:
-                t.marks = collections.deque()
-            t.marks.append((t.enqueued + len(data), msg))
-            self._queue(t, data)
-
-    def _delivered(self, msg, t):
-        msg.delivered += 1
-        msg.pending -= 1
-        if msg.to != "*":
-            snd = msg.sender
-            if snd.live:
-                self._reply(snd, "DELIVERED %d %s" % (msg.id, msg.to))
-        elif msg.pending == 0:
-            self._summary(msg)
-
-    def _failed(self, msg, t, reason):
-        msg.pending -= 1
-        self.log.info("message %d to %s failed: %s", msg.id, t.nick or t.peer, reason)
-        if msg.to != "*":
-            snd = msg.sender
-            if snd.live:
-                self._reply(snd, "FAILED %d %s %s" % (msg.id, msg.to, reason))
-        elif msg.pending == 0:
-            self._summary(msg)
-
-    def _summary(self, msg):
-        snd = msg.sender
-        if snd.live:
-            self._reply(snd, "DELIVERED %d * %d" % (msg.id, msg.delivered))
-
-    # -------------------------------------------------------- pairs, presence
-
-    def _withdraw(self, s):
-        """Drop ``s``'s pending pair request, if any."""
-        t = s.asked
-        if t is not None:
-            s.asked = None
-            if t.askers:
-                t.askers.discard(s)
-
-    def _unpair(self, s, reason):
-        t = s.partner
-        s.partner = None
-        t.partner = None
-        if not self.shutting_down:
-            self._reply(t, "UNPAIRED %s %s" % (s.nick, reason))
-        self.log.info("%s and %s unpaired (%s: %s)", s.nick, t.nick, s.nick, reason)
-
-    def _presence(self, s, text):
-        """Tell the users who should know about ``s``: everyone while few.
-
-        Above the presence limit only those with a stake in ``s`` hear of it
-        (its partner and the users in a pair request with it), so that
-        thousands joining cost linear, not quadratic, output.
-        """
-        if self.shutting_down:
-            return
-        if len(self.users) <= self.limits.presence_limit:
-            audience = [u for u in self.users.values() if u is not s]
-        else:
-            audience = set(s.askers or ())
-            if s.partner is not None:
-                audience.add(s.partner)
-            if s.asked is not None:
-                audience.add(s.asked)
-        line = frame = None
-        for u in audience:
-            if not u.live:
-                continue
-            if u.framed:
-                if frame is None:
-                    frame = encode_frame(text.encode())
-                self._queue(u, frame)
-            else:
-                if line is None:
-                    line = text.encode() + b"\n"
-                self._queue(u, line)
-
-    def _leave(self, s, reason):
-        """``s`` leaves the chat (its connection may still be flushing)."""
-        if s.nick is None:
-            self.unregistered.pop(s, None)
-            return
-        if self.users.get(s.key) is not s:
-            return  # left already, and now its connection ends
-        if s.partner is not None:
-            self._unpair(s, reason)
-        # Presence goes out while s still counts and its requests stand, so
-        # the users in a pair request with it hear that it left.
-        self._presence(s, "LEFT %s %s" % (s.nick, reason))
-        self._withdraw(s)
-        if s.askers:
-            for a in s.askers:
-                a.asked = None
-            s.askers = None
-        del self.users[s.key]
-        self.log.info("%s (%s) left: %s", s.nick, s.peer, reason)
-
-    # ------------------------------------------------------------ output
+    # ------------------------------------------------------ output
 
     def _reply(self, s, text):
         self._queue(s, encode_frame(text.encode()) if s.framed else text.encode() + b"\n")
+
+    def _reply_lines(self, s, lines):
+        """Several replies as one chunk: an answer and its final line."""
+        if s.framed:
+            data = b"".join([encode_frame(line.encode()) for line in lines])
+        else:
+            data = ("\n".join(lines) + "\n").encode()
+        self._queue(s, data, len(lines))
 
     def _error(self, s, code, detail):
         self.log.info("%s (%s): ERR %s %s", s.nick or "-", s.peer, code, detail)
         self._reply(s, "ERR %s %s" % (code, detail))
 
-    def _queue(self, s, data):
+    def _queue(self, s, data, count=1):
         if not s.live:
             return
         out = s.out
@@ -683,10 +854,36 @@ class Chat:
             self.flushable.append(s)
         out.append(data)
         s.enqueued += len(data)
-        if s.enqueued - s.written > self.limits.max_queue:
+        self._sends += count
+        # Only once a write has been tried and left output behind: a
+        # client that reads is never cut off for a burst (see Memory).
+        if s.backed_up and s.held() > self.limits.max_queue:
+            self._overflow(s)
+
+    def _overflow(self, s):
+        """``s`` holds more than max_queue though the server tried to write."""
+        limit = self.limits.max_queue
+        while s.unacked and s.held() > limit:
+            self._shed_oldest(s, "more than max-queue=%d bytes awaited its receipt" % limit)
+        if s.held() > limit:
             self._doom(s, "slow consumer")
 
-    # ------------------------------------------------------------ endings
+
+    # ----------------------------------------------------- endings
+
+    def _turn_away(self, s, code, detail, why):
+        """Never counted among the sessions; it only says why and goes."""
+        self._reply(s, "ERR %s %s" % (code, detail))
+        self.log.warning("%s turned away: %s", s.peer, why)
+        self._close_after_flush(s, why)
+        return s
+
+    def _exempt(self, host):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self.limits.exempt)
 
     def _close_after_flush(self, s, reason):
         """Stop taking input from ``s``; close it once its output is written.
@@ -696,12 +893,14 @@ class Chat:
         """
         if not s.live:
             return
-        self._leave(s, reason)
+        self._detach(s, reason)
         s.live = False
         s.closing = reason
         s.deadline = self.now + self.limits.drain_time
         self.closing[s] = None
+        self._set_reading(s, False)
         if not s.out:
+            s.graceful = True
             self._finish(s, reason)
 
     def _doom(self, s, reason):
@@ -719,25 +918,42 @@ class Chat:
                 self._finish(s, s.closing)
 
     def _finish(self, s, reason):
-        """The end of ``s``: it leaves, and what it still held fails."""
+        """The end of ``s``: it leaves, what it still held fails, and its
+        buffers go at once (rule 4)."""
         if s.gone:
             return
-        self._leave(s, reason)
+        self._detach(s, reason)
         s.live = False
         s.gone = True
         if s.closing is None:
             s.closing = reason
-        self.sessions.discard(s)
+        if s in self.sessions:  # a connection turned away never was
+            self.sessions.remove(s)
+            host = s.host
+            if host is not None:
+                left = self.per_host[host] - 1
+                if left:
+                    self.per_host[host] = left
+                else:
+                    del self.per_host[host]
         self.closing.pop(s, None)
-        if s.marks:
-            marks, s.marks = s.marks, None
-            for _, msg in marks:
-                self._failed(msg, s, reason)
-        if s.unacked:
-            unacked, s.unacked = s.unacked, None
-            for msg in unacked.values():
-                self._failed(msg, s, reason)
+        self.backlog.pop(s, None)
+        # Unwritten output is lost now; ``queued`` still says how much.
+        s.out.clear()
+        s.decoder = None
+        s.receipt_bytes = 0
+        u = s.user
+        if u is not None and u.old is s:
+            u.old = None
+        if s.marks or s.unacked:
+            if u is not None and u.conn is None and self.users.get(u.key) is u:
+                self._hold_receipts(s, u)  # away: kept for its resume
+            else:
+                self._fail_held(s, reason)
         self.to_close.append(s)
 
 
-_GREETING_LINE = GREETING.encode() + b"\n"
+def _echo(text, limit):
+    """Client text the server says back (a ping token, an unknown command,
+    a quit reason): at most ``limit`` characters, escaped for terminals."""
+    return escape(text[:limit])

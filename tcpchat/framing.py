@@ -12,20 +12,27 @@ first byte the client sends:
   in ``\\n``; a ``\\r`` before it is dropped; empty lines are ignored.
 
 The decoders here are sans-I/O: they are fed whatever ``recv`` returned, in
-any split, and hand back complete messages as ``bytes``. They never decode
-UTF-8 (that is the protocol layer's job, so that a bad byte costs one
-``ERR bad-utf8`` and not the connection).
+any split (``push``), and hand back complete messages as ``bytes``, at most
+as many as asked for at a time (``take``), so that the server can act on a
+budget of messages per loop pass and leave the rest undecoded. They never
+decode UTF-8 (that is the protocol layer's job, so that a bad byte costs
+one ``ERR bad-utf8`` and not the connection).
 
 Rules that keep them honest:
 
-1. Memory is bounded. A line decoder holds at most ``max_line`` bytes of an
-   unfinished line; past that it reports ``too-long`` once and discards up
-   to the next newline. A frame decoder holds at most one header plus
+1. Memory is bounded. A line decoder holds at most what it was pushed and
+   has not handed out; of an unfinished line it keeps at most ``max_line``
+   bytes: past that it reports ``too-long`` once and discards up to the
+   next newline. A frame decoder never waits for more than one header plus
    ``max_frame`` bytes; a header announcing more is fatal, because nothing
-   after it can be trusted to be in step.
+   after it can be trusted to be in step. ``take(n)`` splits off at most
+   ``n`` messages, so a read full of tiny lines does not become a list of
+   thousands of objects at once.
 2. Problems are reported in the stream, in order, as ``FramingError``
    values between the messages, so the caller answers them in the order the
    peer sent things.
+3. A limit may change between takes (``set_limit``): the server raises it
+   once a client has registered.
 """
 
 import struct
@@ -75,86 +82,145 @@ class FramingError:
 
 
 class LineDecoder:
-    """Splits a byte stream into lines of at most ``max_line`` bytes."""
+    """Splits a byte stream into lines of at most ``max_line`` bytes.
 
-    __slots__ = ("max_line", "_partial", "_discarding", "_too_long")
+    ``push`` takes bytes in; ``take(n)`` hands out at most ``n`` messages,
+    so that a caller can stop after a budget and leave the rest here, not
+    yet split; ``putback`` returns the tail of a batch it did not act on.
+    ``feed`` does all at once for callers that want everything.
+    """
+
+    __slots__ = ("max_line", "_buf", "_ready", "_discarding", "_too_long")
 
     def __init__(self, max_line):
-        self.max_line = max_line
-        self._partial = b""
+        self._buf = b""  # bytes not yet split into messages
+        self._ready = None  # messages split off and put back, in order
         # True while skipping the rest of an over-long line up to its newline.
         self._discarding = False
+        self.set_limit(max_line)
+
+    def set_limit(self, max_line):
+        self.max_line = max_line
         self._too_long = FramingError(
             "too-long", "line longer than %d bytes, discarded" % max_line, False
         )
 
     @property
     def buffered(self):
-        """Bytes held for an unfinished line (never more than max_line)."""
-        return len(self._partial)
+        """Bytes held and not yet handed out (at most one read plus max_line)."""
+        return len(self._buf) + sum(len(m) for m in self._ready or () if type(m) is bytes)
 
-    def feed(self, data):
-        """Take bytes in; return the complete lines and errors, in order."""
+    def push(self, data):
+        self._buf = self._buf + data if self._buf else data
+
+    def putback(self, items):
+        """Messages from the last ``take`` that were not acted on."""
+        if items:
+            self._ready = items + self._ready if self._ready else items
+
+    def take(self, n):
+        """At most ``n`` complete lines (bytes) and errors (FramingError),
+        in order; an empty list when no line is complete yet."""
+        ready = self._ready
+        if ready:
+            self._ready = ready[n:] or None
+            return ready[:n]
         out = []
-        if self._discarding:
-            nl = data.find(b"\n")
-            if nl < 0:
-                return out
-            data = data[nl + 1:]
+        while not out and self._buf:
+            # Empty lines make no message: split again until one comes or
+            # the buffer holds no complete line.
+            if self._split(n, out):
+                break
+        return out
+
+    def _split(self, n, out):
+        """Split up to ``n`` lines off the buffer into ``out``; True once
+        no complete line is left."""
+        buf = self._buf
+        # split() in C does the work; maxsplit keeps one call's output (and
+        # the memory it takes) to the budget, the rest stays unsplit.
+        parts = buf.split(b"\n", n)
+        rest = parts.pop()
+        split_all = len(parts) < n  # else rest may hold more lines
+        if self._discarding and parts:
             self._discarding = False
-        if self._partial:
-            data = self._partial + data
-        lines = data.split(b"\n")
-        rest = lines.pop()
+            del parts[0]  # the tail of an over-long line
         limit = self.max_line
-        for line in lines:
+        for line in parts:
             if line[-1:] == b"\r":
                 line = line[:-1]
             if not line:
-                continue
-            if len(line) > limit:
-                out.append(self._too_long)
-            else:
-                out.append(line)
+                continue  # empty lines are ignored
+            out.append(line if len(line) <= limit else self._too_long)
+        if not split_all:
+            self._buf = rest  # the next take splits the rest
+        elif self._discarding:
+            self._buf = b""
         # A \r may be the last byte of a line whose \n is still in flight,
         # so it counts toward the limit only once the line is complete.
-        if len(rest) > limit + 1 or (len(rest) == limit + 1 and rest[-1:] != b"\r"):
+        elif len(rest) > limit + 1 or (len(rest) == limit + 1 and rest[-1] != 13):
             out.append(self._too_long)
             self._discarding = True
-            rest = b""
-        self._partial = rest
-        return out
+            self._buf = b""
+        else:
+            self._buf = rest
+        return split_all
+
+    def feed(self, data):
+        """Take bytes in; return every complete line and error, in order."""
+        self.push(data)
+        out = []
+        while True:
+            got = self.take(1024)
+            if not got:
+                return out
+            out += got
 
 
 class FrameDecoder:
-    """Splits a byte stream into length-prefixed frames."""
+    """Splits a byte stream into length-prefixed frames.
 
-    __slots__ = ("max_frame", "_partial", "broken")
+    The same interface as LineDecoder: ``push``, ``take``, ``putback``,
+    ``feed``.
+    """
+
+    __slots__ = ("max_frame", "_buf", "_ready", "broken")
 
     def __init__(self, max_frame):
         self.max_frame = max_frame
-        self._partial = b""
+        self._buf = b""
+        self._ready = None
         # Set after a fatal error: the stream is out of step for good.
         self.broken = False
 
+    def set_limit(self, max_frame):
+        self.max_frame = max_frame
+
     @property
     def buffered(self):
-        """Bytes held for an unfinished frame (at most 4 + max_frame)."""
-        return len(self._partial)
+        """Bytes held and not yet handed out (at most one read plus 4 + max_frame)."""
+        return len(self._buf) + sum(len(m) for m in self._ready or () if type(m) is bytes)
 
-    def feed(self, data):
-        """Take bytes in; return the complete frames' payloads and errors."""
+    push = LineDecoder.push
+    putback = LineDecoder.putback
+    feed = LineDecoder.feed
+
+    def take(self, n):
+        """At most ``n`` complete frames' payloads and errors, in order."""
+        ready = self._ready
+        if ready:
+            self._ready = ready[n:] or None
+            return ready[:n]
         out = []
         if self.broken:
             return out
-        if self._partial:
-            data = self._partial + data
-        size = len(data)
+        buf = self._buf
+        size = len(buf)
         pos = 0
         limit = self.max_frame
         unpack_from = _HEADER.unpack_from
-        while size - pos >= HEADER_SIZE:
-            (length,) = unpack_from(data, pos)
+        while size - pos >= HEADER_SIZE and len(out) < n:
+            (length,) = unpack_from(buf, pos)
             if length > limit:
                 out.append(
                     FramingError(
@@ -164,20 +230,24 @@ class FrameDecoder:
                     )
                 )
                 self.broken = True
-                self._partial = b""
+                self._buf = b""
                 return out
             if length == 0:
                 # Harmless: the stream is still in step, so say so and go on.
-                out.append(FramingError("bad-frame", "empty frame", False))
+                out.append(_EMPTY_FRAME)
                 pos += HEADER_SIZE
                 continue
             end = pos + HEADER_SIZE + length
             if end > size:
                 break
-            out.append(data[pos + HEADER_SIZE:end])
+            out.append(buf[pos + HEADER_SIZE:end])
             pos = end
-        self._partial = data[pos:] if pos < size else b""
+        if pos:
+            self._buf = buf[pos:]
         return out
+
+
+_EMPTY_FRAME = FramingError("bad-frame", "empty frame", False)
 
 
 def encode_line(text):

@@ -2,14 +2,14 @@
 
 Theory of operation
 -------------------
-Every record is one line, formatted once, and written at the end of the
-loop pass that logged it:
+Every record is one line, formatted once, and written to stderr and the
+log file at the end of the loop pass that logged it:
 
 * Records go into one pass buffer as they happen; ``flush()``, which the
   server calls once per loop pass, writes the buffer to stderr and to the
-  log file with one write each, and sends syslog one datagram per record.
-  A pass is short, so a line is at most that pass late; MAX_PENDING bounds
-  what one pass may hold.
+  log file with one write each. A pass is short, so a line is at most that
+  pass late; MAX_PENDING bounds what one pass may hold. Syslog gets each
+  record as it happens, one datagram each (see ``_Syslog``).
 * A chat message is the hot path: the chat logs every one. A record through
   the ``logging`` module (a LogRecord, handler locks, a formatter per
   handler) cost more than the chat work of the message itself, so messages
@@ -27,8 +27,9 @@ loop pass that logged it:
 
 Rules that keep it honest:
 
-1. Nothing is written outside ``flush`` except when MAX_PENDING is reached;
-   what a pass logged leaves in the order it was logged.
+1. Nothing reaches stderr or the file outside ``flush`` except when
+   MAX_PENDING is reached; what a pass logged leaves in the order it was
+   logged.
 2. Every text that reaches an output has been through ``escape`` (the
    formatters and ``MessageLog.message`` are the only ways in).
 3. A failing output says so once on the real stderr and never takes the
@@ -39,6 +40,7 @@ import collections
 import errno
 import logging
 import os
+import select
 import socket
 import sys
 import time
@@ -60,9 +62,14 @@ __all__ = [
 #: invisible character).
 MAX_PENDING = 1 << 20
 
-#: Syslog datagrams held while the daemon is not reading, rather than
-#: stalling the chat: a few seconds of a busy server's connection records.
-SYSLOG_BACKLOG = 10000
+#: Seconds a syslog daemon that has fallen behind may go without reading
+#: while the server waits for it, before it is taken for stuck and no
+#: longer waited for (until it reads again).
+SYSLOG_WAIT = 0.1
+
+#: Bytes of syslog records held for later while the daemon is stuck: some
+#: seconds of a busy server's records. Beyond it the oldest are dropped.
+SYSLOG_BACKLOG = 4 << 20
 
 #: Syslog priorities for the daemon facility: 3 * 8 + severity.
 _SYSLOG_PRIORITY = {"DEBUG": 31, "INFO": 30, "WARNING": 28, "ERROR": 27, "CRITICAL": 26}
@@ -149,12 +156,11 @@ class StampFormatter(EscapingFormatter):
 class _Pass:
     """What this loop pass logged, for every output at once."""
 
-    __slots__ = ("lines", "datagrams", "size")
+    __slots__ = ("lines", "size")
 
     def __init__(self):
         self.lines = []  # lines for stderr and the file, without newlines
-        self.datagrams = []  # encoded syslog records
-        self.size = 0  # characters in both
+        self.size = 0  # characters in them
 
 
 _pass = _Pass()
@@ -234,17 +240,24 @@ class _LogFile(_Stream):
 class _Syslog:
     """Datagrams to a syslog socket (a Unix path, or UDP HOST:PORT).
 
-    The socket never blocks: a syslog daemon that falls behind must not
-    stall the chat (Linux queues only net.unix.max_dgram_qlen datagrams,
-    often 10, before a sender blocks). What it cannot take now is sent at
-    the next pass; past SYSLOG_BACKLOG the oldest are dropped, and stderr
-    says how many.
+    A record is sent as it is logged, as syslog(3) does: a datagram is a
+    system call whether or not it waits for the end of the pass. Linux
+    queues only net.unix.max_dgram_qlen datagrams (often 10) for a daemon
+    before a sender blocks, and a stuck daemon must not stall the chat. So
+    the socket never blocks; while the daemon keeps reading the server
+    waits for it, as a blocking sender would (nothing is lost, and the
+    daemon gets the CPU it needs), but one that reads nothing for
+    SYSLOG_WAIT is taken for stuck and not waited for again until it reads:
+    its records wait in a backlog, tried again every pass, and past
+    SYSLOG_BACKLOG bytes the oldest are dropped and stderr says how many.
     """
 
     def __init__(self, address):
         self.head = "tcpchat-server[%d]: " % os.getpid()
         self.backlog = collections.deque()
+        self._backlog_bytes = 0
         self._failed = False
+        self._stuck = False  # read nothing for SYSLOG_WAIT: not waited for
         self._dropped = 0
         self._next_report = 0.0  # monotonic seconds
         if isinstance(address, str):
@@ -266,26 +279,54 @@ class _Syslog:
             self.sock.close()
             raise
         self.sock.setblocking(False)
+        self._poll = select.poll()
+        self._poll.register(self.sock, select.POLLOUT)
 
-    def send(self, datagrams):
+    def send(self, data):
+        """Send one record, after any that wait in the backlog."""
+        if self.backlog:
+            self._hold(data)
+            self.retry()
+            return
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            self._hold(data)
+            self.retry()
+        except OSError as e:
+            self._resend(data, e)
+
+    def retry(self):
+        """Send what waits in the backlog, as far as the daemon takes it."""
         backlog = self.backlog
-        backlog.extend(datagrams)
         sock = self.sock
         while backlog:
+            data = backlog[0]
             try:
-                sock.send(backlog[0])
+                sock.send(data)
             except BlockingIOError:
-                break  # the daemon is behind: the rest waits for the next pass
+                if self._stuck or not self._poll.poll(SYSLOG_WAIT * 1000):
+                    self._stuck = True
+                    return  # the rest waits for a later pass
+                continue  # it read some: there is room again
             except OSError as e:
-                self._resend(backlog[0], e)
+                self._resend(data, e)
+            self._stuck = False
             backlog.popleft()
-        excess = len(backlog) - SYSLOG_BACKLOG
-        if excess > 0:
-            for _ in range(excess):
-                backlog.popleft()
-            self._dropped += excess
+            self._backlog_bytes -= len(data)
+
+    def _hold(self, data):
+        backlog = self.backlog
+        backlog.append(data)
+        self._backlog_bytes += len(data)
+        dropped = 0
+        while self._backlog_bytes > SYSLOG_BACKLOG:
+            self._backlog_bytes -= len(backlog.popleft())
+            dropped += 1
+        if dropped:
+            self._dropped += dropped
             now = time.monotonic()
-            if now >= self._next_report:  # at most once a minute, not once a pass
+            if now >= self._next_report:  # at most once a minute, not once a record
                 self._next_report = now + 60
                 _complain("syslog is not keeping up: %d records dropped so far"
                           % self._dropped)
@@ -347,24 +388,21 @@ class _PassHandler(logging.Handler):
 
 
 class _SyslogHandler(_PassHandler):
-    """Each record as one syslog datagram, sent with the pass."""
+    """Each record as one syslog datagram."""
 
-    def __init__(self, head):
+    def __init__(self, syslog):
         logging.Handler.__init__(self)
         self.setFormatter(EscapingFormatter())
-        self._head = head
+        self._syslog = syslog
 
     def emit(self, record):
         try:
-            data = ("<%d>%s%s" % (_SYSLOG_PRIORITY.get(record.levelname, 30), self._head,
-                                  self.format(record))).encode("utf-8", "backslashreplace")
+            data = ("<%d>%s%s" % (_SYSLOG_PRIORITY.get(record.levelname, 30),
+                                  self._syslog.head, self.format(record))).encode()
         except Exception:
             self.handleError(record)
             return
-        _pass.datagrams.append(data)
-        _pass.size += len(data)
-        if _pass.size > MAX_PENDING:
-            flush()
+        self._syslog.send(data)
 
     def close(self):
         # At exit (logging.shutdown) too: the last records get a bounded wait.
@@ -388,15 +426,15 @@ class MessageLog:
     time stamp and level as every other record, and is escaped the same way.
     """
 
-    __slots__ = ("_text", "_pass", "_syslog_head", "_stamp", "_clock", "_start", "_next",
-                 "_head")
+    __slots__ = ("_text", "_pass", "_syslog", "_syslog_head", "_stamp", "_clock", "_start",
+                 "_next", "_head")
 
     def __init__(self, text=True, syslog=False, clock=time.time):
         self._text = text  # False: no message text in the log (--no-log-text)
         self._pass = _pass
         # Syslog's own copy of each line costs a system call per message.
-        self._syslog_head = None
-        if syslog and _syslog is not None:
+        self._syslog = _syslog if syslog else None
+        if self._syslog is not None:
             self._syslog_head = "<30>%sINFO " % _syslog.head
         self._stamp = _Stamp()
         self._clock = clock
@@ -419,12 +457,10 @@ class MessageLog:
         p = self._pass
         p.lines.append(line)
         p.size += len(line)
-        if self._syslog_head is not None:
-            data = (self._syslog_head + body).encode()
-            p.datagrams.append(data)
-            p.size += len(data)
         if p.size > MAX_PENDING:
             flush()
+        if self._syslog is not None:
+            self._syslog.send((self._syslog_head + body).encode())
 
     def _restamp(self, t):
         # A new stamp once a millisecond; or at once if the clock is set back.
@@ -511,10 +547,9 @@ def flush():
         lines.clear()  # in place: a MessageLog may hold this list
         for out in _outputs:
             out.write(text)
-    if _syslog is not None and (p.datagrams or _syslog.backlog):
-        _syslog.send(p.datagrams)
-    p.datagrams.clear()
     p.size = 0
+    if _syslog is not None and _syslog.backlog:
+        _syslog.retry()  # a daemon that was stuck may read again
 
 
 def reopen():
@@ -574,7 +609,7 @@ def configure(level="info", log_file=None, syslog_address="/dev/log", log_text=T
             log.warning("syslog at %s unavailable (%s); going on without it", syslog_address,
                         e.strerror if isinstance(e, OSError) and e.strerror else e)
         else:
-            root.addHandler(_SyslogHandler(_syslog.head))
+            root.addHandler(_SyslogHandler(_syslog))
     if chat_level > logging.INFO:
         return None
     return MessageLog(log_text, syslog_messages)

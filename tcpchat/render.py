@@ -15,9 +15,18 @@ Two jobs, both free of I/O (no terminal, no clock: times are passed in):
    the sender and whom the message went to (private, your pair, everyone).
    Colour is optional and is added only after escaping, so our own SGR
    codes are the only escape sequences that ever reach the terminal.
+
+3. Screen geometry. ``screen_rows`` says how many rows a printed line
+   fills, so the terminal can redraw the line of a message we sent in
+   place when its state changes, and only when it can be sure of the count.
 """
 
+import functools
+import re
 import unicodedata
+import zlib
+
+from .escaping import escape
 
 __all__ = [
     "escape",
@@ -26,69 +35,21 @@ __all__ = [
     "parse_server_message",
     "Style",
     "clock",
+    "mentions",
     "chat_line",
-    "outgoing_line",
+    "message_mark",
+    "own_line",
+    "outcome_line",
+    "failure_reason",
+    "MAYBE_SEEN",
     "notice_line",
     "quote",
-    "delivery_line",
     "rejected_line",
+    "who_summary",
+    "help_lines",
     "event_sentence",
+    "screen_rows",
 ]
-
-# Characters that are invisible or change how the text around them is shown,
-# but are not in a category we escape wholesale. Hangul fillers render as
-# blank space and are a classic way to fake an empty or different name.
-_INVISIBLE_EXTRA = frozenset("\u115f\u1160\u3164\uffa0\u034f")
-
-# Zero-width joiner and non-joiner are category Cf but carry meaning:
-# emoji sequences and Persian or Indic spelling need them, and they can
-# neither move the cursor nor reorder text, so they are let through.
-_ALLOWED_FORMAT = frozenset("\u200c\u200d")
-
-# Categories escaped wholesale: controls (Cc: C0, DEL, C1), format
-# characters (Cf: bidi embeddings, overrides, isolates, marks, zero-width
-# space, soft hyphen, BOM...), line and paragraph separators (Zl, Zp, which
-# some terminals treat as newlines), lone surrogates (Cs).
-_ESCAPED_CATEGORIES = frozenset(("Cc", "Cf", "Zl", "Zp", "Cs"))
-
-
-def _escape_char(ch):
-    code = ord(ch)
-    if code < 0x20:
-        # Caret notation, as `cat -v` and terminals' own echo show it.
-        return "^" + chr(code + 0x40)
-    if code == 0x7F:
-        return "^?"
-    return "<U+%04X>" % code
-
-
-def _needs_escape(ch):
-    if ch == "\t":
-        return False
-    if ch < " ":
-        return True
-    if ch < "\x7f":
-        return False  # printable ASCII: the common case, no table lookup
-    if ch in _ALLOWED_FORMAT:
-        return False
-    if ch in _INVISIBLE_EXTRA:
-        return True
-    return unicodedata.category(ch) in _ESCAPED_CATEGORIES
-
-
-def escape(text):
-    """``text`` with every unsafe character replaced by a visible form.
-
-    C0 controls (tab excepted) and DEL use caret notation (ESC is ``^[``,
-    BEL ``^G``, newline ``^J``); everything else unsafe, C1 controls
-    included, becomes ``<U+XXXX>``. Safe text comes back unchanged.
-    """
-    if text.isprintable() and _INVISIBLE_EXTRA.isdisjoint(text):
-        # str.isprintable is False for every Cc, Cf, Zl, Zp and Cs character
-        # (and for tab), so text that passes needs no escaping at all.
-        return text
-    return "".join(_escape_char(c) if _needs_escape(c) else c for c in text)
-
 
 def display_width(text):
     """Terminal columns ``text`` takes: wide (East Asian W/F) count 2,
@@ -133,7 +94,9 @@ _FIXED_FIELDS = {
     "MSG": 3,  # MSG ID FROM TO TEXT
     "SENT": 3,  # SENT ID TO COUNT
     "DELIVERED": 2,  # DELIVERED ID NICK | DELIVERED ID * COUNT
-    "FAILED": 2,  # FAILED ID NICK REASON
+    # FAILED ID NICK CODE TEXT; an older server sends FAILED ID NICK REASON,
+    # so the code is told from the text by failure_reason, not here.
+    "FAILED": 2,
     "JOINED": 1,
     "LEFT": 1,  # LEFT NICK REASON
     "RENAMED": 2,
@@ -141,6 +104,10 @@ _FIXED_FIELDS = {
     "PAIRED": 1,
     "UNPAIRED": 1,  # UNPAIRED NICK REASON
     "USER": 2,  # USER NICK STATE
+    "AWAY": 1,  # AWAY NICK: connection lost, may come back (resume)
+    "BACK": 1,  # BACK NICK
+    "SESSION": 2,  # SESSION TOKEN SECONDS: a secret, never shown
+    "HELP": 0,  # HELP TEXT, one line of the server's /help
     "PONG": 0,
     "BYE": 0,
 }
@@ -163,35 +130,80 @@ def parse_server_message(text):
     return ServerMessage(keyword, fields, body)
 
 
+# Nick colours: each readable on a black and on a white background (WCAG
+# contrast at least 4 against both; tests/test_render.py checks it), with
+# hues far enough apart to tell a few nicks apart. xterm 256-colour indexes.
+_NICK_COLORS_256 = ("130", "64", "28", "30", "31", "62", "98", "164", "161")
+# Where only the 8 basic colours exist, the terminal's theme decides how
+# they look; yellow and white are left out, the two a light theme loses.
+_NICK_COLORS_8 = ("31", "32", "34", "35", "36")
+
+# How far a message we sent got, as a mark after its text: (UTF-8, ASCII).
+_MARKS = {
+    "pending": ("\u2026", "..."),  # typed; the server has not answered yet
+    "sent": ("sent", "sent"),  # the server took it (SENT)
+    "delivered": ("\u2713", "ok"),  # the recipient's client showed it
+    "failed": ("\u2717", "failed:"),  # never reached them, or refused
+    "unconfirmed": ("?", "unconfirmed:"),  # written to them, never confirmed
+    # Typed while the connection was down: goes once it is back.
+    "queued": ("queued", "queued"),
+    # In flight when the connection or the server's memory of it was lost.
+    "unknown": ("?", "?"),
+}
+
+
 class Style:
-    """How to decorate output: ANSI colours or nothing.
+    """How to decorate output: ANSI colours or nothing, UTF-8 marks or ASCII.
 
     Each method takes text that is already safe and wraps it in one SGR
-    colour; with ``color`` False they return the text unchanged.
+    sequence; with ``color`` False they return the text unchanged.
     """
 
     _CODES = {
         "time": "2",  # dim: the stamp is context, not content
         "private": "35",  # magenta
         "pair": "36",  # cyan
-        "everyone": "33",  # yellow
-        "me": "1",  # bold: your own lines stand out when scrolling back
+        "everyone": "",  # public talk is the common case: no colour
         "good": "32",
         "bad": "1;31",
+        "warn": "31",  # not bold: worse than fine, not as bad as failed
         "info": "2",
+        "plain": "",
     }
 
-    __slots__ = ("color", "unicode")
+    __slots__ = ("color", "unicode", "palette")
 
-    def __init__(self, color=False, unicode=True):
+    def __init__(self, color=False, unicode=True, colors=8):
         self.color = color
         # False when the terminal's encoding cannot show arrows and ticks.
         self.unicode = unicode
+        self.palette = _NICK_COLORS_256 if colors >= 256 else _NICK_COLORS_8
 
-    def paint(self, role, text):
-        if not self.color or not text:
+    def _sgr(self, code, text):
+        if not self.color or not code or not text:
             return text
-        return "\x1b[%sm%s\x1b[0m" % (self._CODES[role], text)
+        return "\x1b[%sm%s\x1b[0m" % (code, text)
+
+    def paint(self, role, text, attention=False):
+        """``text`` in the colour of ``role``; ``attention`` adds reverse
+        video, the one highlight that reads on any background."""
+        code = self._CODES[role]
+        if attention:
+            code = "7;" + code if code else "7"
+        return self._sgr(code, text)
+
+    def nick(self, nick, shown, me=False):
+        """``shown`` (``nick`` escaped) in the colour that is ``nick``'s in
+        every run (a checksum, not Python's per-process string hash), bold
+        when it is our own."""
+        index = zlib.crc32(nick.lower().encode("utf-8", "replace")) % len(self.palette)
+        code = self.palette[index]
+        if len(code) > 2:
+            code = "38;5;" + code
+        return self._sgr("1;" + code if me else code, shown)
+
+    def mark(self, state):
+        return _MARKS[state][0 if self.unicode else 1]
 
     @property
     def arrow(self):
@@ -206,15 +218,48 @@ def clock(when):
 _AUDIENCE_LABEL = {"private": "private", "pair": "pair", "everyone": "all"}
 
 
-def _body(head, text):
+@functools.lru_cache(maxsize=8)
+def _mention_pattern(nick):
+    # A nick is a word of its own: not inside a longer word or nick
+    # (nicks hold letters, digits, _ - and .), though a full stop may end
+    # the sentence after it ("thanks, alice.").
+    return re.compile(r"(?<![\w.\-])%s(?![\w\-]|\.[\w\-])" % re.escape(nick),
+                      re.IGNORECASE)
+
+
+def mentions(text, nick):
+    """Whether ``text`` names ``nick`` as a word, ignoring case."""
+    return bool(nick) and _mention_pattern(nick).search(text) is not None
+
+
+def _escaped_with_mentions(line, nick, style):
+    """One line of message text, escaped, with each mention of ``nick``
+    highlighted. Escaping works per character, so escaping the pieces
+    between mentions gives the same text as escaping the whole."""
+    if not nick or not style.color:
+        return escape(line)
+    out = []
+    pos = 0
+    for m in _mention_pattern(nick).finditer(line):
+        out.append(escape(line[pos:m.start()]))
+        out.append(style.paint("plain", escape(m.group()), attention=True))
+        pos = m.end()
+    out.append(escape(line[pos:]))
+    return "".join(out)
+
+
+def _body(head, text, nick=None, style=None):
     """``head`` then the escaped message text; a multi-line message keeps its
     lines, each continuation indented under the first so it cannot pose as
-    a line of its own (a peer could otherwise fake a whole chat line)."""
+    a line of its own (a peer could otherwise fake a whole chat line).
+    With ``nick``, its mentions are highlighted."""
     lines = text.split("\n")
     indent = " " * display_width(_strip_sgr(head))
-    out = [head + escape(lines[0])]
-    out.extend(indent + escape(line) for line in lines[1:])
-    return "\n".join(out)
+    if nick:
+        shown = [_escaped_with_mentions(line, nick, style) for line in lines]
+    else:
+        shown = [escape(line) for line in lines]
+    return "\n".join([head + shown[0]] + [indent + line for line in shown[1:]])
 
 
 def _strip_sgr(text):
@@ -232,43 +277,141 @@ def _strip_sgr(text):
     return "".join(out)
 
 
-def chat_line(when, sender, audience, text, style):
+def chat_line(when, sender, audience, text, style, me=None, attention=False):
     """A message someone sent us.
 
     ``audience`` is "private" (to us alone), "pair" (from our partner) or
-    "everyone". Example: ``12:01:05 [pair] bob: hi``.
+    "everyone". Example: ``12:01:05 [pair] bob: hi``. ``me`` is our nick,
+    whose mentions are highlighted; ``attention`` highlights the label.
     """
     label = "[%s]" % _AUDIENCE_LABEL[audience]
     head = "%s %s %s: " % (
         style.paint("time", clock(when)),
-        style.paint(audience, label),
-        style.paint(audience, escape(sender)),
+        style.paint(audience, label, attention=attention),
+        style.nick(sender, escape(sender)),
     )
-    return _body(head, text)
+    return _body(head, text, me, style)
 
 
-def outgoing_line(when, audience, recipient, text, msg_id, style):
-    """A message we sent that the server accepted (``SENT``).
+def message_mark(state, style, got=None, total=None, reason=None):
+    """The mark after a message we sent: how far it got.
 
-    Example: ``12:01:05 [pair] you -> bob: hi  (#7 sent)``.
+    ``state``: "pending", "queued", "sent", "delivered", "failed",
+    "unconfirmed" or "unknown".
+    For a message to everyone, ``got`` of ``total`` recipients have it; fewer
+    than all is shown as a failure's colour. ``reason`` (escaped here) says
+    why a message failed or is unconfirmed.
     """
-    label = "[%s]" % _AUDIENCE_LABEL[audience]
-    to = "everyone" if recipient == "*" else escape(recipient)
+    mark = style.mark(state)
+    if state in ("pending", "queued", "sent"):
+        return style.paint("info", mark)
+    if state == "delivered":
+        if got is None:
+            return style.paint("good", mark)
+        if total is not None and got < total:
+            return style.paint("bad", "%s %d of %d" % (mark, got, total))
+        return style.paint("good", "%s %d" % (mark, got))
+    role = "warn" if state in ("unconfirmed", "unknown") else "bad"
+    return style.paint(role, ("%s %s" % (mark, escape(reason or ""))).rstrip())
+
+
+def own_line(when, me, audience, to, text, mark, style):
+    """The one line of a message we sent, ending in its ``mark``
+    (``message_mark``), which is redrawn in place as it changes.
+
+    ``12:01:05 [pair] alice: hi  ✓``; a private one names its recipient:
+    ``12:01:05 [private] alice → bob: hi  sent``.
+    """
+    who = style.nick(me, escape(me), me=True)
+    if audience == "private":
+        who += " %s %s" % (style.arrow, style.nick(to, escape(to)))
     head = "%s %s %s: " % (
         style.paint("time", clock(when)),
-        style.paint(audience, label),
-        style.paint("me", "you %s %s" % (style.arrow, to)),
+        style.paint(audience, "[%s]" % _AUDIENCE_LABEL[audience]),
+        who,
     )
-    return "%s  %s" % (_body(head, text), style.paint("info", "(#%s sent)" % escape(msg_id)))
+    return "%s  %s" % (_body(head, text), mark)
 
 
-def notice_line(when, text, style, role="info"):
+def outcome_line(when, state, text, to, style, got=None, total=None,
+                 reason=None, msg_id=None):
+    """What became of a message we sent, as a line of its own: for when
+    other lines came after the message's own line, or there is none (piped
+    input). It names the message by a short quote (or its id when we do not
+    have its text).
+
+    ``state``: "delivered" (``got`` of ``total`` for a message to everyone),
+    "failed" (never reached ``to``), "refused" (the server did not take it:
+    ``reason`` is its answer), "unconfirmed" (written to ``to`` but never
+    confirmed) or "unknown" (lost track of with the connection: ``reason``
+    says how). ``reason`` is escaped here.
+    """
+    what = quote(text) if text else "#%s" % escape(msg_id or "?")
+    name = "everyone" if to == "*" else escape(to or "?")
+    why = escape(reason or "")
+
+    def line(state, sentence, role):
+        # A UTF-8 terminal gets the same mark as the message's own line; in
+        # ASCII the sentence says it alone ("ok" would add nothing).
+        mark = style.mark(state) + " " if style.unicode else ""
+        return notice_line(when, mark + sentence, style, role)
+
+    if state == "delivered":
+        if to != "*":
+            return line("delivered", "%s delivered to %s" % (what, name), "good")
+        if got is not None and total is not None and got < total:
+            return line("failed", "%s delivered to only %d of %d (the others left first)"
+                        % (what, got, total), "bad")
+        count = got if got is not None else total
+        return line("delivered", "%s delivered to everyone (%s)" % (what, count), "good")
+    if state in ("unconfirmed", "unknown"):
+        return line(state, "%s to %s: %s" % (what, name, why), "warn")
+    if state == "refused":
+        target = "" if to in (None, "*") else " to %s" % name
+        return line("failed", "%s%s not sent: %s" % (what, target, why), "bad")
+    return line("failed", "%s NOT delivered to %s: %s" % (what, name, why), "bad")
+
+
+# FAILED codes (tcpchat(7)) as the reason a person reads; %s is the nick.
+_FAILURES = {
+    "left": "%s left before it arrived",
+    "slow-consumer": "%s was cut off for not keeping up",
+    "shutdown": "the server stopped before delivering it",
+    "no-receipt": "may have been seen, not confirmed",
+    "away-expired": "%s was away and did not come back in time",
+    "away-full": "%s was away with too much waiting",
+}
+
+#: The one code that means "written to the recipient, maybe seen".
+MAYBE_SEEN = "no-receipt"
+
+
+def failure_reason(rest, nick, coded=True):
+    """``(code, reason)`` for the text after ``FAILED ID NICK``.
+
+    ``coded``: the server sends a CODE word first (tcpchat(7)); otherwise
+    (an older server) ``rest`` is all human text and the code is None. An
+    unknown code keeps the server's own text as the reason. The reason is
+    not escaped yet.
+    """
+    if not coded:
+        return None, rest or "no reason given"
+    code, _, text = rest.partition(" ")
+    known = _FAILURES.get(code)
+    if known is None:
+        return code or None, text or code or "no reason given"
+    return code, known % nick if "%s" in known else known
+
+
+def notice_line(when, text, style, role="info", attention=False):
     """A sentence about what happened (already escaped by the caller where
     it quotes the network), e.g. ``12:01:05 bob joined.``.
 
-    ``role`` colours the sentence: "info", "good" or "bad".
+    ``role`` colours the sentence: "info", "good", "warn", "bad", or an
+    audience ("pair" for pairing news); ``attention`` highlights it.
     """
-    return "%s %s" % (style.paint("time", clock(when)), style.paint(role, text))
+    return "%s %s" % (style.paint("time", clock(when)),
+                      style.paint(role, text, attention=attention))
 
 
 def quote(text, limit=40):
@@ -279,35 +422,6 @@ def quote(text, limit=40):
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return '"%s"' % escape(text)
-
-
-def delivery_line(when, msg_id, recipient, text, style, reason=None,
-                  got=None, total=None):
-    """What became of message ``msg_id`` that we sent: delivered, or failed.
-
-    ``reason`` set means failed (``FAILED ID NICK REASON``). ``got`` and
-    ``total`` are for a message to everyone (``DELIVERED ID * N`` after
-    ``SENT ID * COUNT``); fewer than ``total`` is shown as a failure,
-    because someone it was meant for never got it.
-    """
-    # Without the text (a message this run did not send) the id must do.
-    mid = "#%s %s" % (escape(msg_id), quote(text)) if text else "#%s" % escape(msg_id)
-    if reason is not None:
-        return notice_line(
-            when,
-            "%s NOT delivered to %s: %s" % (mid, escape(recipient), escape(reason)),
-            style, "bad")
-    if recipient == "*":
-        if total is not None and got is not None and got < total:
-            return notice_line(
-                when,
-                "%s delivered to only %d of %d (the others left first)"
-                % (mid, got, total), style, "bad")
-        count = got if got is not None else total
-        return notice_line(
-            when, "%s delivered to everyone (%s)" % (mid, count), style, "good")
-    return notice_line(
-        when, "%s delivered to %s" % (mid, escape(recipient)), style, "good")
 
 
 def rejected_line(when, what, code, reason, style):
@@ -321,12 +435,58 @@ def rejected_line(when, what, code, reason, style):
     return notice_line(when, "%s%s [%s]" % (head, detail, escape(code)), style, "bad")
 
 
-def event_sentence(msg, partner=None):
+def who_summary(others, count, paired, style):
+    """Who is here, in one sentence, for arriving: ``others`` are the first
+    few ``(nick, state)`` besides us, of ``count`` in all, ``paired`` of
+    whom are paired (STATE other than "free" is shown after the nick)."""
+    if count == 0:
+        return "Nobody else is here yet."
+    names = []
+    for nick, state in others:
+        shown = style.nick(nick, escape(nick))
+        names.append(shown if state == "free" else "%s (%s)" % (shown, escape(state)))
+    listed = ", ".join(names)
+    if count > len(others):
+        listed += " and %d more" % (count - len(others))
+    head = "1 other here" if count == 1 else "%d others here" % count
+    if paired and count > len(others):
+        head += ", %d of them paired" % paired
+    return "%s: %s." % (head, listed)
+
+
+def help_lines(style):
+    """What /help in the client shows: what a person types, one line each."""
+    return [
+        "Type text and press Enter: it goes to your partner when paired, else to everyone.",
+        "/msg NICK TEXT   a private message to NICK (also /w NICK TEXT)",
+        "/all TEXT        to everyone, even while paired",
+        "/pair NICK       ask NICK for a private pair, or accept their request",
+        "/unpair          end your pair, or withdraw your pair request",
+        "/who             who is here, and who is paired",
+        "/nick NAME       change your nick",
+        "/ping            check that the server answers",
+        "//TEXT           send text that starts with a slash",
+        "/quit, :quit:    leave (also Ctrl-D, or Ctrl-C on an empty line)",
+        'Marks after your messages: "%s" waiting for the server, "sent", "%s" delivered '
+        '(a count for everyone), "%s" failed and why, "%s" maybe seen.'
+        % (style.mark("pending"), style.mark("delivered"), style.mark("failed"),
+           style.mark("unconfirmed")),
+        'A lost connection comes back by itself (Ctrl-C then stops); lines typed meanwhile '
+        'are "queued", "? outcome unknown" marks one lost in flight.',
+        "Keys: Tab completes commands and nicks, Up and Down recall lines, "
+        "Ctrl-C clears the line.",
+    ]
+
+
+def event_sentence(msg, partner=None, request=None):
     """The sentence for a server message that is neither chat nor about
     our own messages' delivery, as ``(text, role)``; None for nothing.
 
     ``partner`` is who we are paired with before this message is applied;
     it tells "you ended the pair" from "you withdrew your request".
+    ``request`` tells what an ``UNPAIRED NICK`` from someone who is not our
+    partner is about: "theirs" (NICK had asked us to pair), "ours" (we had
+    asked NICK) or None (neither that we know of).
     Every piece of server text in the result is escaped.
     """
     k = msg.keyword
@@ -348,8 +508,10 @@ def event_sentence(msg, partner=None):
         if cmd == "who":
             return ("%s online." % _count(text, "user"), "info")
         if cmd == "help":
-            return (text, "info")
+            return (text, "plain")
         return (("OK: %s %s" % (f[0], text)).rstrip(), "info")
+    if k == "HELP":
+        return (text, "plain")
     if k == "ERR":
         return ("Error: %s [%s]" % (text or f[0], f[0]), "bad")
     if k == "JOINED":
@@ -364,13 +526,28 @@ def event_sentence(msg, partner=None):
         return ("You are paired with %s: plain text now goes to %s only."
                 % (f[0], f[0]), "pair")
     if k == "UNPAIRED":
-        return (_with_reason("Your pair with %s ended" % f[0], text), "pair")
+        # The same keyword ends a pair and cancels a pending request: it is
+        # about the pair only when NICK is our partner (tcpchat(7)).
+        if partner is not None and msg.fields[0].lower() == partner.lower():
+            return (_with_reason("Your pair with %s ended" % f[0], text), "pair")
+        if request == "theirs":
+            return (_with_reason("%s no longer asks to pair with you" % f[0], text), "info")
+        if request == "ours":
+            return (_with_reason("Your pair request to %s ended" % f[0], text), "info")
+        return (_with_reason("The pair request between you and %s is gone" % f[0], text),
+                "info")
     if k == "USER":
         return ("  %s (%s)" % (f[0], f[1]), "info")
+    if k == "AWAY":
+        return ("%s is away (connection lost), and may be back." % f[0], "info")
+    if k == "BACK":
+        return ("%s is back." % f[0], "info")
+    if k == "SESSION":
+        return None  # the resume token is a secret: not for the screen
     if k == "PONG":
         return (("pong %s" % text).rstrip(), "info")
     if k == "BYE":
-        return (_with_reason("Server closed the session", text), "info")
+        return (_with_reason("The server ended the session", text), "bad")
     raw = escape(msg.keyword) + (" " + text if text else "")
     return ("Server: %s" % raw, "info")
 
@@ -381,3 +558,69 @@ def _with_reason(sentence, reason):
 
 def _count(number, noun):
     return "%s %s%s" % (number, noun, "" if number == "1" else "s")
+
+
+# -- screen geometry ---------------------------------------------------------
+
+# Characters whose width terminals disagree on: East Asian "ambiguous" ones
+# (1 column in most terminals, 2 in some CJK set-ups), and the emoji
+# presentation selector, which some terminals let widen the character
+# before it. A zero-width joiner may fuse two emoji into one picture.
+_VS16 = "\ufe0f"
+_ZWJ = "\u200d"
+
+
+def _widths(ch, prev, wide):
+    """Columns of ``ch`` after ``prev``: the narrowest reading, or with
+    ``wide`` the widest any common terminal gives it."""
+    if unicodedata.combining(ch):
+        return 0
+    if ch == _VS16:
+        return 1 if wide and prev is not None and \
+            unicodedata.east_asian_width(prev) not in ("W", "F") else 0
+    if prev == _ZWJ and not wide:
+        return 0  # fused into the emoji before the joiner
+    eaw = unicodedata.east_asian_width(ch)
+    if eaw in ("W", "F") or (wide and eaw == "A"):
+        return 2
+    if ch == _ZWJ:
+        return 0
+    return 1
+
+
+def _rows(text, columns, wide):
+    rows = 0
+    for line in text.split("\n"):
+        rows += 1
+        col = 0
+        prev = None
+        for ch in line:
+            if ch == "\t":
+                # A tab moves to the next stop, never past the last column.
+                if col < columns:
+                    col = max(col, min((col // 8 + 1) * 8, columns - 1))
+                prev = ch
+                continue
+            w = _widths(ch, prev, wide)
+            if col + w > columns:
+                # A character that does not fit starts the next row whole.
+                rows += 1
+                col = 0
+            col += w
+            prev = ch
+    return rows
+
+
+def screen_rows(text, columns):
+    """Rows that ``text`` (our output: escaped, with our SGR codes) fills
+    when printed from column 0 on a terminal ``columns`` wide, with a newline
+    after it; None when terminals could disagree (characters of uncertain
+    width near a row's end), so that a caller never redraws the wrong rows.
+    """
+    if columns < 1:
+        return None
+    plain = _strip_sgr(text)
+    narrow = _rows(plain, columns, False)
+    if plain.isascii():
+        return narrow
+    return narrow if narrow == _rows(plain, columns, True) else None

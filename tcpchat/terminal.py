@@ -21,26 +21,48 @@ readline) ``PlainTerminal`` reads whole lines as the tty's cooked mode
 delivers them; messages still print, and the prompt is shown again after
 them, but the kernel's echo of a half-typed line is not redrawn.
 
+Redrawing in place: the line of a message the user sent is drawn over the
+echo of the line they typed, and redrawn when its state changes, as long as
+it is still the last thing printed. Both need to know how many rows that
+text fills: the terminal counts them when it prints (render.screen_rows),
+and forgets the count whenever it could have gone wrong (a window resize, a
+suspend, readline listing completions, anything printed since). Without a
+sure count ``replace`` says no, and the caller prints a line instead.
+
 Signals stay with the caller: readline's own handlers are switched off, so
 the client's loop hears Ctrl-C, window resizes and Ctrl-Z in one place and
-calls ``resize()`` or ``suspend()`` here, which only readline can do right.
+calls ``clear_line()``, ``resize()`` or ``suspend()`` here, which only
+readline can do right.
 
-Three implementations share one small interface:
+History: lines typed are added to readline's history as they are entered
+(unless ``set_history(False)``, as at the nick prompt), and at the end the
+lines of this run are merged into the history file under a lock, so two
+clients running at once both keep theirs (``save_history``).
+
+Three implementations share one interface:
 ``start(prompt)``, ``fileno()``, ``read()`` -> list of lines (``None``
-marks end of input), ``set_prompt(prompt)``, ``show(text)``, ``stop()``.
-ReadlineTerminal adds ``set_completion``, ``resize`` and ``suspend``.
+marks end of input), ``set_prompt(prompt)``, ``show(text, diagnostic)``,
+``replace(text, what)`` -> bool, ``bell()``, ``clear_line()`` -> bool,
+``set_history(on)``, ``stop()``. ReadlineTerminal adds ``set_completion``,
+``resize`` and ``suspend``.
 """
 
+import collections
 import ctypes
+import fcntl
 import os
 import signal
 import sys
+import time
+
+from .render import screen_rows
 
 __all__ = [
     "ReadlineTerminal",
     "PlainTerminal",
     "PipeInput",
     "history_path",
+    "save_history",
     "open_terminal",
 ]
 
@@ -55,6 +77,9 @@ _READ_SIZE = 65536
 # is handed on as a line, so a newline-less stream cannot grow memory.
 MAX_INPUT_LINE = 1 << 20
 
+#: Seconds to wait for another client to finish writing the history file.
+HISTORY_LOCK_WAIT = 2.0
+
 
 def history_path(environ=None):
     """Where input history lives: $XDG_STATE_HOME/tcpchat/history, else
@@ -65,6 +90,58 @@ def history_path(environ=None):
         # The XDG spec says relative paths are invalid and must be ignored.
         base = os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "tcpchat", "history")
+
+
+def save_history(path, lines, limit=HISTORY_LENGTH):
+    """Add ``lines`` (typed in this run, oldest first) to the history file
+    at ``path`` and keep its last ``limit`` lines.
+
+    Another client may be saving at the same moment, so this never writes
+    the whole history from memory (the last one to leave would win): under
+    an exclusive lock on ``path + ".lock"`` it reads what is there, appends,
+    and renames a new file into place. The lock is a file of its own
+    because the rename replaces the history file's inode. Raises OSError,
+    or TimeoutError after HISTORY_LOCK_WAIT seconds of someone else's lock.
+    """
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    # A line cannot hold a newline in the file; a pasted one is not kept.
+    new = [line.encode("utf-8", "surrogateescape") for line in lines if "\n" not in line]
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + HISTORY_LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("another tcpchat-client holds %s.lock" % path)
+                time.sleep(0.01)  # a writer holds it for a millisecond or so
+        try:
+            with open(path, "rb") as f:
+                old = f.read().split(b"\n")
+        except FileNotFoundError:
+            old = []
+        if old and old[-1] == b"":
+            old.pop()
+        kept = (old + new)[-limit:] if limit > 0 else []
+        temporary = "%s.%d.tmp" % (path, os.getpid())
+        # What people typed, private messages included: owner only.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(line + b"\n" for line in kept))
+            os.replace(temporary, path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(lock)  # and with it the lock
 
 
 def _encoding():
@@ -119,13 +196,18 @@ class _LineSplitter:
 
 
 class PipeInput:
-    """stdin that is not a terminal: lines in, plain text out, no prompt."""
+    """stdin that is not a terminal: lines in, plain text out, no prompt.
+
+    What was said goes to stdout; everything else (``diagnostic``) to
+    stderr, so that stdout can be kept or piped on as the conversation.
+    """
 
     interactive = False
 
-    def __init__(self, stdin_fd=0, stdout_fd=1):
+    def __init__(self, stdin_fd=0, stdout_fd=1, stderr_fd=2):
         self._in = stdin_fd
         self._out = stdout_fd
+        self._err = stderr_fd
         self._splitter = _LineSplitter()
 
     def start(self, prompt):
@@ -144,20 +226,39 @@ class PipeInput:
     def set_prompt(self, prompt):
         pass
 
-    def show(self, text):
-        _write_all(self._out, (text + "\n").encode(_encoding(), "replace"))
+    def show(self, text, diagnostic=False):
+        fd = self._err if diagnostic else self._out
+        _write_all(fd, (text + "\n").encode(_encoding(), "replace"))
+
+    def replace(self, text, what):
+        """Redraw in place: never possible on a pipe."""
+        return False
+
+    def bell(self):
+        pass
+
+    def clear_line(self):
+        return False
+
+    def set_history(self, on):
+        pass
 
     def stop(self):
         pass
 
 
 class PlainTerminal(PipeInput):
-    """A terminal without GNU readline: cooked-mode lines, prompt reprinted."""
+    """A terminal without GNU readline: cooked-mode lines, prompt reprinted.
+
+    It cannot redraw in place (the user may be typing on the prompt's row,
+    and only the kernel knows what) nor tell whether Ctrl-C met a half-typed
+    line (the kernel discards it), so those stay no.
+    """
 
     interactive = True
 
     def __init__(self, stdin_fd=0, stdout_fd=1):
-        super().__init__(stdin_fd, stdout_fd)
+        super().__init__(stdin_fd, stdout_fd, stdout_fd)
         self._prompt = ""
 
     def start(self, prompt):
@@ -171,16 +272,22 @@ class PlainTerminal(PipeInput):
 
     def set_prompt(self, prompt):
         self._prompt = prompt
+        # Over the old prompt, not after it (it changes while the client
+        # reconnects, and on pairing); show() clears the row the same way.
+        _write_all(self._out, b"\r\x1b[K")
         self._show_prompt()
 
     def _show_prompt(self):
         _write_all(self._out, self._prompt.encode(_encoding(), "replace"))
 
-    def show(self, text):
+    def show(self, text, diagnostic=False):
         # Start from column 0 and clear what is there: most of the time that
         # is just our prompt, as the user has not typed anything.
         _write_all(self._out, ("\r\x1b[K" + text + "\n").encode(_encoding(), "replace"))
         self._show_prompt()
+
+    def bell(self):
+        _write_all(self._out, b"\a")
 
     def stop(self):
         _write_all(self._out, b"\n")
@@ -223,7 +330,8 @@ class ReadlineTerminal:
             for name in ("rl_callback_handler_install", "rl_callback_read_char",
                          "rl_callback_handler_remove", "rl_clear_visible_line",
                          "rl_on_new_line", "rl_redisplay", "rl_set_prompt",
-                         "rl_prep_terminal", "rl_deprep_terminal"):
+                         "rl_prep_terminal", "rl_deprep_terminal", "rl_replace_line",
+                         "rl_free_line_state", "using_history"):
                 getattr(lib, name)
             free, fflush = libc.free, libc.fflush
         except (OSError, AttributeError, TypeError) as exc:
@@ -237,11 +345,20 @@ class ReadlineTerminal:
         lib.rl_callback_handler_install.argtypes = [ctypes.c_char_p, _LINE_HANDLER]
         lib.rl_set_prompt.argtypes = [ctypes.c_char_p]
         lib.rl_prep_terminal.argtypes = [ctypes.c_int]
+        lib.rl_replace_line.argtypes = [ctypes.c_char_p, ctypes.c_int]
         self._in = 0
         self._out = 1
         self._history_file = history_file
+        self._record = True  # add typed lines to the history
+        # The lines this run added to the history, for save_history.
+        self._typed = collections.deque(maxlen=HISTORY_LENGTH)
         self._lines = []
         self._installed = False
+        self._prompt = ""
+        # Rows filled by what was printed last, and by the echo of the line
+        # just entered; None when not known for sure (module docstring).
+        self._last_rows = None
+        self._echo_rows = None
         # Kept on self: the C side holds only a raw pointer to this thunk,
         # and it must outlive every rl_callback_read_char call.
         self._handler = _LINE_HANDLER(self._on_line)
@@ -259,6 +376,7 @@ class ReadlineTerminal:
             except ValueError:
                 pass
         self._load_history()
+        self._prompt = prompt
         self._lib.rl_callback_handler_install(self._encode(prompt), self._handler)
         self._installed = True
 
@@ -268,18 +386,15 @@ class ReadlineTerminal:
         if not self._installed:
             return
         self._installed = False
-        # An edit cut short by Ctrl-C may have readline mid-key-sequence;
+        # An edit cut short by a signal may have readline mid-key-sequence;
         # sigcleanup (readline 7+) resets that state before we leave.
         cleanup = getattr(self._lib, "rl_callback_sigcleanup", None)
         if cleanup is not None:
             cleanup()
         # A bare prompt is wiped so the shell's prompt comes back in column 0;
-        # a half-typed line (Ctrl-C) stays on screen, as shells leave it.
-        try:
-            typed = ctypes.c_int.in_dll(self._lib, "rl_end").value
-        except ValueError:
-            typed = 1
-        if typed:
+        # a half-typed line (SIGTERM while typing) stays on screen, as shells
+        # leave it.
+        if self._typed_length():
             self._fflush(None)
             _write_all(self._out, b"\n")
         else:
@@ -290,6 +405,13 @@ class ReadlineTerminal:
         self._fflush(None)
         self._save_history()
 
+    def _typed_length(self):
+        """Bytes in the input line now (readline's rl_end)."""
+        try:
+            return ctypes.c_int.in_dll(self._lib, "rl_end").value
+        except ValueError:
+            return 1
+
     # -- input --
 
     def fileno(self):
@@ -298,6 +420,7 @@ class ReadlineTerminal:
     def read(self):
         """Feed readline what stdin has; return the lines it completed
         (``None`` for end of input: Ctrl-D on an empty line)."""
+        self._echo_rows = None
         if self._installed:
             self._lib.rl_callback_read_char()
         lines, self._lines = self._lines, []
@@ -314,8 +437,13 @@ class ReadlineTerminal:
         finally:
             self._free(pointer)
         line = raw.decode("utf-8", "replace")
+        # readline has echoed prompt and line, then moved to a new row. With
+        # two lines in one read the first echo is not the one right above.
+        first = not self._lines
         self._lines.append(line)
-        if line.strip():
+        self._echo_rows = self._input_rows(line) if first else None
+        self._last_rows = None
+        if line.strip() and self._record:
             self._remember(line)
 
     def _remember(self, line):
@@ -323,23 +451,94 @@ class ReadlineTerminal:
         count = rl.get_current_history_length()
         if count == 0 or rl.get_history_item(count) != line:
             rl.add_history(line)
+            self._typed.append(line)
+
+    def set_history(self, on):
+        """Whether lines typed from now on go to the history: not a nick
+        typed at the nick prompt, which is no command worth recalling."""
+        self._record = bool(on)
+
+    def clear_line(self):
+        """Ctrl-C: drop the half-typed line, as shells do, and say whether
+        there was one (on an empty line Ctrl-C means leave)."""
+        if not self._installed or not self._typed_length():
+            return False
+        lib = self._lib
+        cleanup = getattr(lib, "rl_callback_sigcleanup", None)
+        if cleanup is not None:
+            cleanup()  # out of an incremental search or a half key sequence
+        lib.rl_free_line_state()
+        lib.rl_replace_line(b"", 0)
+        lib.using_history()  # Up starts from the newest line again
+        lib.rl_set_prompt(self._encode(self._prompt))
+        self._redraw_after(b"")
+        return True
 
     # -- output --
 
     def set_prompt(self, prompt):
+        self._prompt = prompt
         if not self._installed:
             return
         self._lib.rl_set_prompt(self._encode(prompt))
         self._redraw_after(b"")
 
-    def show(self, text):
+    def show(self, text, diagnostic=False):
         """Print ``text`` (one or more lines, no trailing newline) above the
         input line, then bring prompt, typed text and cursor back."""
         data = (text + "\n").encode(_encoding(), "replace")
+        self._echo_rows = None
         if not self._installed:
+            self._last_rows = None
             _write_all(self._out, data)
             return
         self._redraw_after(data)
+        size = self._size()
+        self._last_rows = screen_rows(text, size[0]) if size else None
+
+    def replace(self, text, what):
+        """Print ``text`` over the rows of what is right above the input
+        line: ``what`` is "echo" (the line just entered, as readline echoed
+        it) or "last" (the text printed last). False, and nothing printed,
+        when those rows are not known for sure or not all on the screen."""
+        rows = self._echo_rows if what == "echo" else self._last_rows
+        size = self._size()
+        if not self._installed or rows is None or size is None:
+            return False
+        columns, height = size
+        below = self._input_rows(self._readline.get_line_buffer(), columns)
+        if below is None or rows + below > height:
+            return False  # the top of it has scrolled off: it cannot be reached
+        # After rl_clear_visible_line the cursor is in column 0 of the input
+        # line's first row: go up over the old text, clear it and all below.
+        self._redraw_after(("\x1b[%dA\r\x1b[J%s\n" % (rows, text)).encode(
+            _encoding(), "replace"))
+        self._last_rows = screen_rows(text, columns)
+        self._echo_rows = None
+        return True
+
+    def bell(self):
+        self._fflush(None)
+        _write_all(self._out, b"\a")
+
+    def _size(self):
+        try:
+            size = os.get_terminal_size(self._out)
+        except OSError:
+            return None
+        return (size.columns, size.lines) if size.columns > 0 and size.lines > 0 else None
+
+    def _input_rows(self, typed, columns=None):
+        """Rows the prompt and ``typed`` fill as readline draws them; None
+        for text it draws otherwise than we count (controls as ``^X``)."""
+        if columns is None:
+            size = self._size()
+            if size is None:
+                return None
+            columns = size[0]
+        if any(ch < " " or ch == "\x7f" for ch in typed):
+            return None
+        return screen_rows(self._prompt + typed, columns)
 
     def _redraw_after(self, data):
         lib = self._lib
@@ -371,6 +570,10 @@ class ReadlineTerminal:
                 # The space is ours to add: Python's readline module turns
                 # off readline's own appending after a unique match.
                 matches[:] = [c + " " for c in complete(line[:rl.get_begidx()], word)]
+                if len(matches) > 1:
+                    # readline may list them above the prompt: rows we did
+                    # not print and cannot count.
+                    self._last_rows = self._echo_rows = None
             return matches[state] if state < len(matches) else None
 
         rl.set_completer(completer)
@@ -387,6 +590,7 @@ class ReadlineTerminal:
         if not self._installed:
             return
         lib = self._lib
+        self._last_rows = self._echo_rows = None  # the shell prints meanwhile
         self._fflush(None)
         _write_all(self._out, b"\n")
         lib.rl_deprep_terminal()
@@ -407,6 +611,8 @@ class ReadlineTerminal:
 
     def resize(self):
         """The window changed size: let readline re-read it and redraw."""
+        # Terminals re-wrap (or not) old rows on a resize: counts are void.
+        self._last_rows = self._echo_rows = None
         if self._installed and hasattr(self._lib, "rl_resize_terminal"):
             self._lib.rl_resize_terminal()
             self._fflush(None)
@@ -423,15 +629,12 @@ class ReadlineTerminal:
                 pass  # first run, or unreadable: start with none
 
     def _save_history(self):
-        if not self._history_file:
+        if not self._history_file or not self._typed:
             return
         try:
-            os.makedirs(os.path.dirname(self._history_file), mode=0o700, exist_ok=True)
-            self._readline.write_history_file(self._history_file)
-            # What people typed, private messages included: owner only.
-            os.chmod(self._history_file, 0o600)
+            save_history(self._history_file, list(self._typed))
         except OSError as exc:
-            _write_all(self._out, ("could not save history to %s: %s\n" % (
+            _write_all(2, ("could not save history to %s: %s\n" % (
                 self._history_file, exc.strerror or exc)).encode(_encoding(), "replace"))
 
     @staticmethod

@@ -9,9 +9,10 @@ import logging
 
 import pytest
 
+from tcpchat import chat as chat_mod
 from tcpchat.chat import Chat, Limits
 from tcpchat.framing import FrameDecoder, LineDecoder, encode_frame
-from tcpchat.protocol import COMMANDS, ERROR_CODES, GREETING, HELP, SERVER_KEYWORDS
+from tcpchat.protocol import COMMANDS, ERROR_CODES, HELP, SERVER_KEYWORDS, greeting
 
 
 class Client:
@@ -22,6 +23,7 @@ class Client:
         self.decoder = FrameDecoder(1 << 20) if framed else LineDecoder(1 << 20)
         self.inbox = []
         self.stalled = False
+        self.partial = False
         self.closed = False
 
     def send(self, text):
@@ -49,6 +51,9 @@ class Client:
 
 class Net:
     def __init__(self, **limits):
+        # Resume has its own tests; elsewhere a lost connection is a user
+        # who leaves, as with --resume-time 0.
+        limits.setdefault("resume_time", 0)
         self.chat = Chat(Limits(**limits), logging.getLogger("test.chat"))
         self.clients = {}
         self.port = 40000
@@ -59,7 +64,7 @@ class Net:
         c = Client(self, s, framed)
         self.clients[s] = c
         self.pump()
-        assert c.read() == [GREETING]
+        assert c.read() == [greeting(self.chat.limits.max_line, self.chat.limits.max_frame)]
         if framed:
             c.send_raw(b"\x00")
         if nick:
@@ -70,19 +75,28 @@ class Net:
     def pump(self):
         """Write out everything the chat queued, as a fast network would."""
         chat = self.chat
-        for _ in range(100):
+        for _ in range(1000):
+            if chat.backlog:
+                chat.work(chat.now)
             pending, chat.flushable = chat.flushable, []
             for s in pending:
                 c = self.clients.get(s)
-                if c is None or c.stalled or s.gone or not s.out:
+                if c is None or s.gone or not s.out:
+                    continue
+                if c.stalled:
+                    chat.sent(s, 0)  # tried, and the peer took nothing
                     continue
                 data = b"".join(bytes(chunk) for chunk in s.out)
+                if c.partial and len(data) > 1:
+                    data = data[:len(data) // 2]  # the kernel took half
+                    if s not in chat.flushable:
+                        chat.flushable.append(s)  # the rest: next time
                 c.take(data)
                 chat.sent(s, len(data))
             for s in chat.to_close:
                 self.clients[s].closed = True
             chat.to_close = []
-            if not chat.flushable:
+            if not chat.flushable and not chat.backlog:
                 return
         raise AssertionError("output never settled")
 
@@ -173,7 +187,7 @@ def test_open_commands_before_nick(net):
     c.send("/help")
     got = c.read()
     assert got[0] == "PONG"
-    assert got[1:] == ["OK help " + line for line in HELP]
+    assert got[1:] == ["HELP " + line for line in HELP] + ["OK help %d" % len(HELP)]
     c.send(":quit:")
     assert c.read() == ["BYE goodbye"]
     assert c.closed
@@ -206,7 +220,7 @@ def test_private_message_framed_is_delivered_on_ack_only(net):
     b.send("/ack 1")
     assert b.read()[0].startswith("ERR no-such-message ")
     b.send("/ack x")
-    assert b.read()[0].startswith("ERR no-such-message ")
+    assert b.read()[0].startswith("ERR usage ")
 
 
 def test_msg_errors(net):
@@ -368,6 +382,13 @@ def test_unpair_tells_the_partner(net):
     a.send("/unpair")
     assert a.read() == ["OK unpair bob"]
     assert b.read() == ["UNPAIRED alice ended the pair"]
+    # The first plain text after the pair ended was meant for the pair:
+    # refused, not sent to everyone. The next one goes to everyone.
+    a.send("my password is hunter2")
+    assert a.read()[0].startswith("ERR not-paired your pair with bob has ended")
+    b.send("still there?")
+    assert b.read()[0].startswith("ERR not-paired your pair with alice has ended")
+    assert b.read() == [] and a.read() == []
     a.send("public again")
     assert b.read() == ["MSG 1 alice * public again"]
 
@@ -389,7 +410,7 @@ def test_partner_leaving_unpairs(net):
     b.send("/quit gotta go")
     assert b.read() == ["BYE goodbye"]
     assert a.read() == ["UNPAIRED bob quit: gotta go", "LEFT bob quit: gotta go"]
-    assert a.s.partner is None
+    assert a.s.user.partner is None
 
 
 def test_partner_lost_unpairs(net):
@@ -430,8 +451,10 @@ def test_one_ack_for_several_messages(net):
     b.send("/ack 3 1 9")
     assert b.read() == ["ERR no-such-message 9 not awaiting your receipt"]
     assert a.read()[-2:] == ["DELIVERED 3 bob", "DELIVERED 1 bob"]
-    b.send("/ack 2 two")
-    assert b.read() == ["ERR no-such-message two not awaiting your receipt"]
+    b.send("/ack 2 two")  # a malformed /ack is refused whole
+    assert b.read()[0].startswith("ERR usage ")
+    assert a.read() == []
+    b.send("/ack 2")
     assert a.read() == ["DELIVERED 2 bob"]
     b.send("/ack")
     assert b.read()[0].startswith("ERR usage ")
@@ -445,7 +468,7 @@ def test_unacked_cap_fails_the_oldest(net):
     for i in range(3):
         a.send("/msg bob m%d" % i)
     assert a.read() == ["SENT 1 bob 1", "SENT 2 bob 1", "SENT 3 bob 1",
-                        "FAILED 1 bob no receipt"]
+                        "FAILED 1 bob no-receipt more than 2 messages awaited its receipt"]
     b.send("/ack 2")
     b.send("/ack 3")
     assert a.read() == ["DELIVERED 2 bob", "DELIVERED 3 bob"]
@@ -458,7 +481,9 @@ def test_framed_recipient_leaving_fails_unacked(net):
     b.send("/ack 1")
     b.send("/quit")
     got = a.read()
-    assert "DELIVERED 1 bob" in got and "FAILED 2 bob quit" in got
+    # Written, never confirmed: the code says it may have been seen.
+    assert "DELIVERED 1 bob" in got
+    assert "FAILED 2 bob no-receipt left without confirming it (quit)" in got
 
 
 def test_sender_gone_is_fine(net):
@@ -487,7 +512,7 @@ def test_slow_consumer_is_dropped_and_senders_hear_failed():
     got = a.read()
     failed = [m for m in got if m.startswith("FAILED")]
     assert len(failed) == sent  # nothing was written to carol: all fail
-    assert failed[0].endswith("carol slow consumer")
+    assert failed[0].endswith("carol slow-consumer cut off for not reading; never written")
     assert "LEFT carol slow consumer" in got
     # Everyone else goes on.
     a.send("/msg bob still here")
@@ -635,73 +660,11 @@ def test_vocabulary_is_consistent():
 # ------------------------------------------------------------ invariants
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_every_message_has_exactly_one_outcome(seed):
-    """Random clients doing random things; then check the promises.
-
-    Every chat message a client sends gets exactly one SENT or ERR, in
-    order. Every SENT gets exactly one final outcome later (DELIVERED or
-    FAILED for a private message, one DELIVERED * for a broadcast), unless
-    its sender left first. Nothing raises.
-    """
-    import random
-
-    rnd = random.Random(seed)
-    n = Net(max_queue=3000, max_unacked=8, presence_limit=4)
-    clients = []
-    chat_sent = {}  # client -> number of chat messages it sent while registered
-    for step in range(1500):
-        live = [c for c in clients if not c.closed]
-        action = rnd.random()
-        if action < 0.08 or len(live) < 2:
-            c = n.connect(framed=rnd.random() < 0.5)
-            c.send("/nick u%d" % len(clients))
-            clients.append(c)
-            chat_sent[c] = 0
-            continue
-        c = rnd.choice(live)
-        nicks = [x.s.nick for x in live if x.s.nick] + ["ghost"]
-        if action < 0.45:
-            c.send("/msg %s m%d" % (rnd.choice(nicks), step))
-            chat_sent[c] += 1
-        elif action < 0.55:
-            c.send("hello %d" % step)
-            chat_sent[c] += 1
-        elif action < 0.62:
-            c.send("/pair " + rnd.choice(nicks))
-        elif action < 0.66:
-            c.send("/unpair")
-        elif action < 0.70:
-            c.stalled = not c.stalled
-            if not c.stalled:
-                n.unstall(c)
-        elif action < 0.73:
-            c.send("/quit")
-        elif action < 0.75:
-            n.chat.disconnect(c.s, "connection lost")
-            n.pump()
-        elif action < 0.77:
-            # Bytes 0xf8-0xff are never UTF-8: garbage that cannot be a chat message.
-            # It ends a line, so it cannot merge with the next command.
-            c.send_raw(bytes(rnd.choice(b"\xf8\xfa\xfe\xff\r\n")
-                             for _ in range(rnd.randrange(1, 30))) + b"\n")
-        if c.framed and not c.closed and rnd.random() < 0.6:
-            ids = [m.split()[1] for m in c.inbox if m.startswith("MSG ")]
-            if ids:
-                c.send("/ack " + " ".join(rnd.sample(ids, rnd.randrange(1, len(ids) + 1))))
-    # Let everything settle: everyone reads, framed clients ack all they got.
-    for c in clients:
-        if not c.closed:
-            c.stalled = False
-            n.unstall(c)
-    for c in clients:
-        if c.framed and not c.closed:
-            ids = sorted({m.split()[1] for m in c.inbox if m.startswith("MSG ")})
-            if ids:
-                c.send("/ack " + " ".join(ids))
-    n.pump()
-
-    settled = 0
+def check_outcomes(clients, chat_sent):
+    """Every SENT has at most one outcome, after it, naming the same
+    recipient; a client still here once all settled has one for each.
+    Returns how many SENT replies were checked."""
+    checked = 0
     for c in clients:
         answers = {}
         outcomes = {}
@@ -716,12 +679,660 @@ def test_every_message_has_exactly_one_outcome(seed):
                 assert words[2] == answers[words[1]], (m, answers[words[1]])
                 outcomes[words[1]] = m
         # Never more answers than chat messages sent.
-        assert len(answers) <= chat_sent[c]
+        assert chat_sent is None or len(answers) <= chat_sent[c]
         if not c.closed:
             # Still here after everything settled: every message has its outcome.
             assert set(answers) == set(outcomes), set(answers) - set(outcomes)
-            settled += len(answers)
-    assert settled > 0  # the run exercised the promise
+        checked += len(answers)
+    return checked
+
+
+def settle(n, clients):
+    """Everyone reads, framed clients ack all they got; time passes."""
+    for c in clients:
+        if not c.closed:
+            c.stalled = False
+            c.partial = False
+            n.unstall(c)
+    for c in clients:
+        if c.framed and not c.closed:
+            ids = sorted({m.split()[1] for m in c.inbox if m.startswith("MSG ")})
+            if ids:
+                c.send("/ack " + " ".join(ids))
+    n.pump()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_every_message_has_exactly_one_outcome(seed):
+    """Random clients doing random things; then check the promises.
+
+    Every chat message a client sends gets exactly one SENT or ERR, in
+    order. Every SENT gets exactly one final outcome later (DELIVERED or
+    FAILED for a private message, one DELIVERED * for a broadcast), unless
+    its sender left first. Nothing raises. Drops during a broadcast, partial
+    writes, stalls, receipt timeouts, pipelined batches over the pass budget
+    and the rate limit, and half-closes all happen along the way.
+    """
+    import random
+
+    rnd = random.Random(seed)
+    n = Net(max_queue=3000, max_unacked=8, presence_limit=4, rate=300,
+            receipt_timeout=rnd.choice((0, 5)))
+    clients = []
+    chat_sent = {}  # client -> number of chat messages it sent while registered
+    for step in range(1500):
+        live = [c for c in clients if not c.closed]
+        action = rnd.random()
+        if action < 0.08 or len(live) < 2:
+            c = n.connect(framed=rnd.random() < 0.5)
+            c.send("/nick u%d" % len(clients))
+            clients.append(c)
+            chat_sent[c] = 0
+            continue
+        c = rnd.choice(live)
+        nicks = [x.s.nick for x in live if x.s.nick] + ["ghost"]
+        if action < 0.40:
+            c.send("/msg %s m%d" % (rnd.choice(nicks), step))
+            chat_sent[c] += 1
+        elif action < 0.47:
+            c.send("hello %d" % step)
+            chat_sent[c] += 1
+        elif action < 0.52:
+            c.send("/all " + "b" * rnd.randrange(1, 400))
+            chat_sent[c] += 1
+        elif action < 0.54:
+            k = rnd.randrange(2, 60)
+            batch = "".join("/msg %s p%d\n" % (rnd.choice(nicks), i) for i in range(k))
+            if c.framed:
+                c.send_raw(b"".join(encode_frame(x.encode()) for x in batch.split("\n")[:-1]))
+            else:
+                c.send_raw(batch.encode())
+            chat_sent[c] += k
+        elif action < 0.59:
+            c.send("/pair " + rnd.choice(nicks))
+        elif action < 0.62:
+            c.send("/unpair")
+        elif action < 0.66:
+            c.stalled = not c.stalled
+            if not c.stalled:
+                n.unstall(c)
+        elif action < 0.68:
+            c.partial = not c.partial
+        elif action < 0.70:
+            c.send("/quit")
+        elif action < 0.71:
+            n.chat.eof(c.s)
+            n.pump()
+        elif action < 0.73:
+            n.chat.disconnect(c.s, "connection lost")
+            n.pump()
+        elif action < 0.75:
+            n.later(rnd.choice((0.1, 1, 3)))
+        elif action < 0.77:
+            # Bytes 0xf8-0xff are never UTF-8: garbage that cannot be a chat message.
+            # It ends a line, so it cannot merge with the next command.
+            c.send_raw(bytes(rnd.choice(b"\xf8\xfa\xfe\xff\r\n")
+                             for _ in range(rnd.randrange(1, 30))) + b"\n")
+        if c.framed and not c.closed and rnd.random() < 0.6:
+            ids = [m.split()[1] for m in c.inbox if m.startswith("MSG ")]
+            if ids:
+                c.send("/ack " + " ".join(rnd.sample(ids, rnd.randrange(1, len(ids) + 1))))
+    # Let everything settle: time for throttled input, reading, acks.
+    for _ in range(3):
+        n.chat.work(n.chat.now + 10)
+        n.later(0.01)
+        settle(n, clients)
+    assert check_outcomes(clients, chat_sent) > 0  # the run exercised the promise
     n.chat.shutdown(n.chat.now)
     n.pump()
     assert not n.chat.users and not n.chat.sessions
+
+
+_WORDS = ["/nick", "/msg", "/w", "/all", "/pair", "/unpair", "/who", "/ping", "/ack",
+          "/help", "/quit", ":quit:", "//", "/MSG", "/Ack", "/nick\t", ""]
+_ARGS = ["u0", "u1", "ghost", "1", "2", "\u00b2", "\u2460", "9" * 5000, "-1", "0" * 30,
+         "\x1b[2J", "\u202e", "\r", "\t", " ", "x" * 700, "\x00", "\xff"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fuzz_the_core_with_random_bytes_and_commands(seed):
+    """A seeded fuzzer: random bytes and random command sequences from a
+    small grammar of the protocol's words and nasty arguments, in both
+    framings and split at random offsets. Nothing may raise (an exception
+    here is what the server would log as an internal error), and the
+    outcome promises hold afterwards."""
+    import random
+
+    rnd = random.Random(1000 + seed)
+    n = Net(max_queue=4000, max_unacked=16, rate=500, max_line=256, max_frame=1024)
+    clients = []
+    for step in range(600):
+        live = [c for c in clients if not c.closed]
+        if len(live) < 3 or rnd.random() < 0.05:
+            c = n.connect(framed=rnd.random() < 0.5)
+            c.send("/nick u%d" % len(clients))
+            clients.append(c)
+            continue
+        c = rnd.choice(live)
+        r = rnd.random()
+        if r < 0.15:
+            data = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200)))
+        else:
+            words = [rnd.choice(_WORDS)] + [rnd.choice(_ARGS) for _ in range(rnd.randrange(0, 4))]
+            text = rnd.choice((" ", "  ", "\t")).join(words)
+            raw = text.encode("utf-8", "surrogatepass")
+            data = encode_frame(raw) if c.framed else raw + rnd.choice((b"\n", b"\r\n"))
+        cut = rnd.randrange(len(data) + 1)
+        c.send_raw(data[:cut])
+        c.send_raw(data[cut:])
+        if rnd.random() < 0.1:
+            n.later(rnd.choice((0.05, 0.5, 2)))
+        if rnd.random() < 0.05:
+            c.stalled = not c.stalled
+            if not c.stalled:
+                n.unstall(c)
+    for _ in range(3):
+        n.chat.work(n.chat.now + 10)
+        n.later(0.01)
+        settle(n, clients)
+    check_outcomes(clients, None)  # random bytes may be chat text too: no count
+    # Whatever the fuzz did, the chat still works for newcomers.
+    x = n.connect("newx")
+    y = n.connect("newy")
+    x.send("/msg newy alive")
+    assert y.read()[-1].endswith("newx newy alive")
+
+
+# ------------------------------------------------------------ hostile input
+
+
+def test_one_broadcast_one_summary_when_a_recipient_is_dropped_mid_fanout():
+    # The repro of issue 8: slow registered first, then one segment that
+    # fills its queue and sends two broadcasts; each gets one summary.
+    n = Net(max_queue=1000)
+    slow = n.connect("slow")
+    a = n.connect("alice")
+    others = [n.connect("u%d" % i) for i in range(3)]
+    for c in [slow, a] + others:
+        c.read()
+    slow.stalled = True
+    n.chat.sent(slow.s, 0)  # a write was tried and the kernel took nothing
+    a.send_raw(("/msg slow %s\n/all one\n/all two\n" % ("x" * 980)).encode())
+    got = a.read()
+    summaries = [m for m in got if m.startswith("DELIVERED") and " * " in m]
+    assert sorted(summaries) == ["DELIVERED 2 * 3", "DELIVERED 3 * 3"], got
+    assert [m for m in got if m.startswith("FAILED")] == [
+        "FAILED 1 slow slow-consumer cut off for not reading; never written"]
+
+
+@pytest.mark.parametrize("word", ["\u00b2", "\u2460", "9" * 5000, "-1", "0x10", "1.0", "\uff11"])
+def test_ack_takes_ascii_numbers_only(net, word):
+    a, b = two(net, framed_b=True)
+    b.send("/ack " + word)
+    assert b.read()[0].startswith("ERR usage ")
+    a.send("/msg bob still here")
+    assert b.read() == ["MSG 1 alice bob still here"]
+
+
+def test_pass_budget_leaves_the_rest_for_later_passes():
+    n = Net()
+    a = n.connect("alice")
+    a.s.tokens = 1e9  # this test is about the budget, not the rate
+    n.chat.receive(a.s, b"/ping\n" * 5000)
+    # One pass acted on one budget's worth and stopped reading the socket.
+    assert len(a.s.out) == chat_mod.PASS_BUDGET
+    assert not a.s.reading and a.s.held_back == "budget" and a.s in n.chat.backlog
+    got = a.read()  # the test network runs later passes (work) as needed
+    assert got == ["PONG"] * 5000
+    assert a.s.reading and not n.chat.backlog
+
+
+def test_a_flooder_is_throttled_by_recipients_counted():
+    n = Net(rate=100)
+    a = n.connect("alice")
+    readers = [n.connect("u%d" % i) for i in range(10)]
+    b = n.connect("bob")
+    n.chat.receive(a.s, b"/all x\n" * 100)
+    n.pump()
+    # 100 tokens, 10 recipients an /all (alice hears no echo): about ten go
+    # through, then the server stops reading alice until tokens come back.
+    sent = [m for m in a.read() if m.startswith("SENT")]
+    assert 9 <= len(sent) <= 11
+    assert not a.s.reading and a.s.held_back == "rate"
+    wake = n.chat.next_wakeup()
+    assert wake is not None and wake > n.chat.now
+    # A bystander is not slowed at all.
+    b.send("/ping")
+    assert b.read()[-1] == "PONG"
+    n.chat.work(n.chat.now + 0.5)  # half a second: 50 tokens, five /all
+    n.pump()
+    assert 4 <= len([m for m in a.read() if m.startswith("SENT")]) <= 6
+    for r in readers:
+        assert not r.closed
+
+
+def test_private_messages_cost_one_unit_each():
+    n = Net(rate=1000)
+    a = n.connect("alice")
+    b = n.connect("bob")
+    a.read()
+    n.chat.receive(a.s, b"/msg bob hi\n" * 900)
+    n.pump()
+    assert len([m for m in a.read() if m.startswith("SENT")]) == 900
+    assert a.s.reading
+
+
+def test_rate_zero_turns_the_limit_off():
+    n = Net(rate=0)
+    a = n.connect("alice")
+    [n.connect("u%d" % i) for i in range(5)]
+    n.chat.receive(a.s, b"/all x\n" * 3000)
+    assert len([m for m in a.read() if m.startswith("SENT")]) == 3000
+
+
+def test_own_replies_pause_input_instead_of_dropping_a_reader():
+    # "/help" 2000 times in one write: 26,000 reply lines, megabytes. The
+    # client reads them all and is never taken for a slow consumer.
+    n = Net(max_queue=1 << 14, rate=0)
+    c = n.connect("helpme")
+    c.s.tokens = 1e9
+    n.chat.receive(c.s, b"/help\n" * 2000)
+    assert c.s.queued <= (1 << 14) // 2 + 2000  # paused at half the limit
+    assert c.s.held_back == "output" and not c.s.reading
+    got = c.read()
+    assert len(got) == 2000 * (len(HELP) + 1) and not c.closed
+
+
+def test_receipt_timeout_fails_an_unacknowledged_message():
+    n = Net(receipt_timeout=60)
+    a, b = two(n, framed_b=True)
+    c = n.connect("carol")
+    a.read(), b.read()
+    a.send("/msg bob one")
+    a.send("/all two")
+    assert b.read() == ["MSG 1 alice bob one", "MSG 2 alice * two"]
+    assert c.read() == ["MSG 2 alice * two"]
+    n.later(30)
+    assert a.read() == ["SENT 1 bob 1", "SENT 2 * 2"]
+    n.later(31)
+    # Bob is still connected, but the messages wait no longer; the summary
+    # of the broadcast comes once carol has it and bob's receipt timed out.
+    assert a.read() == ["FAILED 1 bob no-receipt no receipt within 60 s", "DELIVERED 2 * 1"]
+    assert not b.closed
+    b.send("/ack 1 2")
+    assert b.read()[0].startswith("ERR no-such-message")
+
+
+def test_a_stalled_line_reader_is_cut_off_after_the_receipt_timeout():
+    n = Net(receipt_timeout=60)
+    a, b = two(n)
+    b.stalled = True
+    a.send("/msg bob hello?")
+    n.later(61)
+    assert b.closed and b.s.closing == "slow consumer"
+    assert "FAILED 1 bob slow-consumer cut off for not reading; never written" in a.read()
+
+
+def test_a_reader_that_never_acks_holds_at_most_max_queue():
+    n = Net(max_queue=20000, rate=0)
+    a, b = two(n, framed_b=True)
+    for i in range(50):
+        a.send("/msg bob " + "x" * 1000)
+        b.read()  # reads everything, acks nothing
+        assert b.s.held() <= 20000
+    failed = [m for m in a.read() if m.startswith("FAILED")]
+    assert failed and all(m.split()[3] == "no-receipt" for m in failed)
+    assert not b.closed  # it reads: it is not a slow consumer
+
+
+def test_a_closed_connection_is_freed_while_its_message_is_in_flight():
+    import gc
+    import weakref
+
+    n = Net()
+    a, b = two(n, framed_b=True)
+    a.send("/msg bob keep me")
+    assert b.read() == ["MSG 1 alice bob keep me"]
+    gone = weakref.ref(a.s)
+    n.chat.disconnect(a.s, "connection lost")
+    n.pump()
+    del n.clients[a.s]
+    a.s = None
+    gc.collect()
+    assert gone() is None  # bob's unacked message keeps no session alive
+    b.send("/ack 1")
+    assert b.read() == ["LEFT alice connection lost"]
+
+
+def test_receipt_cost_covers_what_a_held_message_really_takes():
+    # tracemalloc: what the server allocates for messages it holds for a
+    # stalled reader stays within what held() counts for it.
+    import tracemalloc
+
+    n = Net(max_queue=1 << 30, rate=0)
+    a, b = two(n)
+    b.stalled = True
+    n.chat.sent(b.s, 0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            n.chat.receive(a.s, b"/msg bob hi\n")
+        n.pump()
+        a.read()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used <= b.s.held(), (used, b.s.held())
+
+
+def test_line_mode_recipients_see_controls_escaped_framed_ones_exact():
+    n = Net()
+    a = n.connect("alice", framed=True)
+    b = n.connect("ncuser")
+    f = n.connect("prog", framed=True)
+    a.read(), b.read()
+    evil = "ok\rMSG 77 admin ncuser please paste your password\x1b]52;c;aGk=\x07 \u202eevil"
+    a.send("/all " + evil)
+    assert b.read() == ["MSG 1 alice * ok^MMSG 77 admin ncuser please paste your password"
+                        "^[]52;c;aGk=^G <U+202E>evil"]
+    assert f.read() == ["MSG 1 alice * " + evil]
+    a.send("/msg ncuser two\r\nlines\x00")
+    assert b.read() == ["MSG 2 alice ncuser two", "MSG 2 alice ncuser lines^@"]
+
+
+def test_quit_reasons_and_echoes_are_escaped(net):
+    a, b = two(net, framed_a=True)
+    a.send("/ping \x1b[2J")
+    assert a.read() == ["PONG ^[[2J"]
+    a.send("/\x1b[31mred")
+    assert a.read()[0] == "ERR unknown-command /^[[31mred is not a command, try /help"
+    a.send("/quit bye\x1b]0;pwned\x07")
+    assert b.read() == ["LEFT alice quit: bye^[]0;pwned^G"]
+
+
+def test_input_before_registration_is_short():
+    n = Net()
+    c = n.connect(framed=True)
+    c.send("/nick " + "x" * 600)  # a frame over PRE_REGISTER_MAX: fatal
+    got = c.read()
+    assert got[0].startswith("ERR too-long ") and c.closed
+    d = n.connect()
+    d.send("/ping " + "y" * 600)
+    assert d.read()[0].startswith("ERR too-long ") and not d.closed
+    d.send("/nick dave")
+    assert d.read() == ["OK nick dave"]
+    d.send("/ping " + "y" * 3000)  # registered: the full --max-line applies
+    assert d.read() == ["PONG " + "y" * 256]  # a token is echoed up to 256
+
+
+def test_a_long_frame_right_after_nick_in_one_write_is_fine():
+    n = Net()
+    c = n.connect(framed=True)
+    big = "/ping " + "z" * 10000
+    c.send_raw(encode_frame(b"/nick zed") + encode_frame(big.encode()))
+    assert c.read() == ["OK nick zed", "PONG " + "z" * 256]
+
+
+def test_per_address_limit_with_exemptions():
+    from tcpchat.chat import parse_exemptions
+
+    n = Net(max_per_address=2, exempt=parse_exemptions(["10.0.0.0/8"]))
+    chat = n.chat
+    first = [chat.connect("192.0.2.1:%d" % p, 0.0, "192.0.2.1") for p in (1, 2)]
+    third = chat.connect("192.0.2.1:3", 0.0, "192.0.2.1")
+    assert b"ERR too-many-connections " in b"".join(third.out)
+    assert third not in chat.sessions
+    other = chat.connect("192.0.2.9:1", 0.0, "192.0.2.9")
+    assert other in chat.sessions
+    exempt = [chat.connect("10.1.2.3:%d" % p, 0.0, "10.1.2.3") for p in range(5)]
+    assert all(s in chat.sessions for s in exempt)
+    chat.disconnect(first[0], "connection closed")
+    again = chat.connect("192.0.2.1:4", 0.0, "192.0.2.1")
+    assert again in chat.sessions
+
+
+def test_eof_after_commands_still_answers_them_all():
+    n = Net()
+    c = n.connect("alice")
+    c.s.tokens = 1e9
+    n.chat.receive(c.s, b"/ping\n" * 3000)
+    n.chat.eof(c.s)
+    got = c.read()
+    assert got == ["PONG"] * 3000
+    assert c.closed and c.s.graceful
+
+
+# ------------------------------------------------------------ protocol 1, exact
+
+
+def test_greeting_gives_the_limits_a_client_must_keep():
+    assert greeting(4096, 65536).startswith(
+        "HELLO tcpchat/1 max-line=4096 max-frame=65536 max-text=65408 Welcome")
+    n = Net(max_line=1000, max_frame=2048)
+    n.connect()  # connect() checks the greeting it got against these limits
+    assert n.chat.max_text == 2048 - 128
+
+
+def test_chat_text_over_max_text_is_refused_and_every_msg_frame_fits():
+    n = Net(max_frame=1024)
+    a = n.connect("alice", framed=True)
+    b = n.connect("bob", framed=True)
+    a.read()
+    a.send("/msg bob " + "x" * (1024 - 128 + 1))
+    assert a.read() == ["ERR too-long the text is 897 bytes, over max-text=896"]
+    assert not a.closed
+    longest = "\u00e9" * (896 // 2)  # two bytes each: exactly max-text bytes
+    a.send("/msg bob " + longest)
+    assert a.read() == ["SENT 1 bob 1"]
+    assert b.read() == ["MSG 1 alice bob " + longest]
+    # Even with the longest nicks and id the MSG frame is within max-frame.
+    assert len(("MSG %d %s %s " % (10 ** 19, "n" * 32, "m" * 32)).encode()) <= 128
+    a.send("/all " + "y" * 897)
+    assert a.read()[-1].startswith("ERR too-long ")
+
+
+def test_failed_codes_tell_never_written_from_maybe_seen():
+    n = Net()
+    a = n.connect("alice")
+    b = n.connect("bob", framed=True)
+    c = n.connect("carol", framed=True)
+    a.read(), b.read()
+    a.send("/msg bob seen")  # written to bob, never acked
+    assert b.read() == ["MSG 1 alice bob seen"]
+    c.stalled = True
+    n.chat.sent(c.s, 0)
+    a.send("/msg carol unseen")  # never written to carol
+    n.chat.disconnect(b.s, "connection lost: reset")
+    n.chat.disconnect(c.s, "connection lost: reset")
+    n.pump()
+    failed = [m for m in a.read() if m.startswith("FAILED")]
+    assert failed == [
+        "FAILED 1 bob no-receipt left without confirming it (connection lost: reset)",
+        "FAILED 2 carol left left before it was written (connection lost: reset)"]
+
+
+def test_outcomes_name_the_recipient_as_sent_named_it(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob before the rename")
+    assert a.read() == ["SENT 1 bob 1"]
+    b.send("/nick rob")
+    b.read()
+    assert a.read() == ["RENAMED bob rob"]
+    b.send("/ack 1")
+    assert a.read() == ["DELIVERED 1 bob"]
+
+
+def test_ack_errors_name_only_the_ids_at_fault(net):
+    a, b = two(net, framed_b=True)
+    a.send("/msg bob one")
+    b.read()
+    b.send("/ack 41 1 42")
+    assert b.read() == ["ERR no-such-message 41 42 not awaiting your receipt"]
+    assert a.read()[-1] == "DELIVERED 1 bob"
+
+
+def test_a_new_pair_request_withdraws_the_old_one_out_loud():
+    n = Net()
+    a, b, c = n.connect("alice"), n.connect("bob"), n.connect("carol")
+    for x in (a, b):
+        x.read()
+    a.send("/pair bob")
+    assert b.read() == ["PAIR-REQUEST alice"]
+    a.send("/pair carol")
+    assert a.read() == ["OK pair bob", "OK pair carol"]
+    assert b.read() == ["UNPAIRED alice request withdrawn"]
+    assert c.read() == ["PAIR-REQUEST alice"]
+    b.send("/pair alice")  # accepting a withdrawn request only asks anew
+    assert b.read() == ["OK pair alice"]
+    assert a.read() == ["PAIR-REQUEST bob"]
+
+
+def test_asking_again_sends_no_second_request(net):
+    a, b = two(net)
+    a.send("/pair bob")
+    a.send("/pair bob")
+    assert a.read() == ["OK pair bob", "OK pair bob"]
+    assert b.read() == ["PAIR-REQUEST alice"]
+
+
+def test_other_askers_hear_when_their_target_pairs():
+    n = Net()
+    a, b, c, d = (n.connect(x) for x in ("alice", "bob", "carol", "dave"))
+    for x in (a, b, c):
+        x.read()
+    c.send("/pair alice")
+    d.send("/pair alice")
+    b.send("/pair carol")  # carol is asked by bob, while carol asks alice
+    a.read(), b.read(), c.read(), d.read()
+    a.send("/pair carol")  # alice accepts carol
+    assert a.read() == ["OK pair carol", "PAIRED carol"]
+    assert c.read() == ["PAIRED alice"]
+    # dave asked alice, bob asked carol: both requests are gone, and said so.
+    assert d.read() == ["UNPAIRED alice request declined"]
+    assert b.read() == ["UNPAIRED carol request declined"]
+    d.send("/unpair")
+    assert d.read()[0].startswith("ERR not-paired ")
+
+
+def test_pair_text_never_goes_public_but_msg_and_all_do(net):
+    a, b = two(net)
+    c = net.connect("carol")
+    a.read(), b.read()
+    pair(a, b)
+    b.send("/quit")
+    a.read()
+    a.send("/all to everyone on purpose")
+    assert a.read()[0] == "SENT 1 * 1"
+    a.send("/msg carol direct")
+    assert a.read() == ["SENT 2 carol 1", "DELIVERED 2 carol"]
+    a.send("meant for bob")
+    assert a.read()[0].startswith("ERR not-paired your pair with bob has ended")
+    assert [m for m in c.read() if "meant for bob" in m] == []
+
+
+@pytest.mark.parametrize("line, reply", [
+    ("/nick\tbob", "OK nick bob"),
+    ("/NICK  \t bob", "OK nick bob"),
+    ("/nick bob\t", "OK nick bob"),
+])
+def test_tabs_and_runs_separate_words(net, line, reply):
+    c = net.connect()
+    c.send(line)
+    assert c.read() == [reply]
+
+
+def test_msg_text_keeps_its_spacing_after_the_separator_run(net):
+    a, b = two(net)
+    a.send("/msg\tbob \t  two  spaces inside, one after ")
+    assert b.read() == ["MSG 1 alice bob two  spaces inside, one after "]
+    a.send("/all   x  y")
+    assert b.read() == ["MSG 2 alice * x  y"]
+
+
+def test_unknown_command_is_echoed_as_sent(net):
+    a = net.connect("alice")
+    a.send("/Dance now")
+    assert a.read() == ["ERR unknown-command /Dance is not a command, try /help"]
+
+
+def test_blank_text_is_any_white_space(net):
+    a, b = two(net, framed_a=True)
+    for text in ("\n", " \t\r\n ", "\u3000", "/all \n", "/msg bob \t"):
+        a.send(text)
+        assert a.read()[0].startswith("ERR usage "), repr(text)
+    assert b.read() == []
+
+
+@pytest.mark.parametrize("line, reason", [
+    (":QUIT:", "quit"), (":quit: bye now", "quit: bye now"), ("  :Quit:  ", "quit"),
+])
+def test_quit_word_in_any_case_with_a_reason(net, line, reason):
+    a, b = two(net)
+    a.send(line)
+    assert a.read() == ["BYE goodbye"]
+    assert b.read() == ["LEFT alice " + reason]
+
+
+def test_quit_word_glued_to_text_is_chat(net):
+    a, b = two(net)
+    a.send(":quit:now")
+    assert b.read() == ["MSG 1 alice * :quit:now"]
+
+
+def test_who_keeps_join_order_across_renames(net):
+    a, b = two(net)
+    c = net.connect("carol")
+    a.send("/nick zed")
+    a.read()
+    c.send("/who")
+    assert c.read()[-4:] == ["USER zed free", "USER bob free", "USER carol free", "OK who 3"]
+
+
+def test_framed_text_with_blank_lines_and_crlf_to_a_line_user(net):
+    a, b = two(net, framed_a=True)
+    a.send("/msg bob one\r\n\r\nthree\rX")
+    assert b.read() == ["MSG 1 alice bob one", "MSG 1 alice bob ",
+                        "MSG 1 alice bob three^MX"]
+
+
+def test_every_message_gets_one_final_reply_in_order():
+    # The pipelining rule: OK, ERR, SENT, PONG or BYE answer each message
+    # in order; lines before a final reply (USER, HELP) and events
+    # (MSG, JOINED, DELIVERED ...) are not final replies; /ack is silent.
+    import random
+
+    rnd = random.Random(9)
+    for framed in (False, True):
+        n = Net()
+        a = n.connect("alice", framed=framed)
+        b = n.connect("bob", framed=True)
+        a.read()
+        sent = []
+        for i in range(200):
+            sent.append(rnd.choice([
+                "/msg bob hi %d" % i, "/all all %d" % i, "chat %d" % i, "/who", "/help",
+                "/ping t%d" % i, "/nick alice", "/msg nobody x", "/bogus", "/pair bob",
+                "/unpair", "/ack 999", "/ack", "/msg bob", "/nick 9bad"]))
+        data = b"".join((encode_frame(x.encode()) if framed else x.encode() + b"\n")
+                        for x in sent)
+        n.chat.receive(a.s, data)
+        got = a.read()
+        finals = [m for m in got if m.split()[0] in ("OK", "ERR", "SENT", "PONG", "BYE")]
+        assert len(finals) == len(sent), (len(finals), len(sent))
+        for command, reply in zip(sent, finals):
+            word = command.split()[0]
+            if word == "/msg" and command in ("/msg nobody x", "/msg bob"):
+                assert reply.startswith("ERR ")
+            elif word in ("/msg", "/all") or not command.startswith("/"):
+                assert reply.startswith("SENT "), (command, reply)
+            elif word == "/who":
+                assert reply.startswith("OK who ")
+            elif word == "/help":
+                assert reply == "OK help %d" % len(HELP)
+            elif word == "/ping":
+                assert reply == "PONG " + command.split()[1]
+            elif word in ("/bogus", "/ack") or command == "/nick 9bad":
+                assert reply.startswith("ERR "), (command, reply)
+            else:
+                assert reply.startswith(("OK ", "ERR ")), (command, reply)

@@ -138,3 +138,57 @@ def test_frame_buffer_is_bounded_by_one_frame():
 def test_encoders():
     assert encode_line("héllo") == "héllo\n".encode()
     assert encode_frame(b"abc") == b"\x00\x00\x00\x03abc"
+
+
+# -- taking a budget at a time ------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_lines_taken_a_few_at_a_time_are_the_same_lines(n):
+    data = b"a" * 20 + b"\n" + b"one\r\n\n" + b"x" * 9 + b"\ntwo\nthree\n" + b"y" * 30
+    d = LineDecoder(8)
+    d.push(data)
+    got = []
+    for _ in range(50):
+        batch = d.take(n)
+        assert len(batch) <= n
+        if not batch:
+            break
+        got += batch
+    codes = [x.code if isinstance(x, FramingError) else x for x in got]
+    assert codes == ["too-long", b"one", "too-long", b"two", b"three", "too-long"]
+    d.push(b"yy\nafter\n")
+    assert d.take(n) == [b"after"]
+
+
+def test_putback_comes_out_first_and_in_order():
+    d = LineDecoder(100)
+    d.push(b"1\n2\n3\n4\n")
+    batch = d.take(3)
+    assert batch == [b"1", b"2", b"3"]
+    d.putback(batch[1:])
+    assert d.take(10) == [b"2", b"3"]
+    assert d.take(10) == [b"4"]
+    f = FrameDecoder(100)
+    f.push(frames(b"a", b"b", b"c"))
+    first = f.take(2)
+    f.putback(first[1:])
+    assert f.take(5) == [b"b"]
+    assert f.take(5) == [b"c"]
+
+
+def test_take_splits_no_more_than_asked():
+    # One read full of tiny lines: the decoder splits off only the budget,
+    # so the list it makes stays small; the rest stays one bytes object.
+    d = LineDecoder(100)
+    d.push(b"x\n" * 30000)
+    assert len(d.take(100)) == 100
+    assert d.buffered == 2 * (30000 - 100)
+
+
+def test_frame_decoder_takes_a_budget():
+    d = FrameDecoder(100)
+    d.push(frames(*[b"m%d" % i for i in range(10)]))
+    assert d.take(4) == [b"m0", b"m1", b"m2", b"m3"]
+    assert d.take(100) == [b"m%d" % i for i in range(4, 10)]
+    assert d.buffered == 0

@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
+#: The TLS drop-ins, shipped as documentation (see tcpchat.service).
+DROPINS = ("tls-credential.conf", "tls-copy.conf")
 
 
 def read(path):
@@ -32,11 +34,11 @@ def spec_field(name):
     return match.group(1)
 
 
-def unit_settings():
-    """[(section, key, value)] of the unit file, in order."""
+def unit_settings(name="tcpchat.service"):
+    """[(section, key, value)] of a unit file (or drop-in), in order."""
     settings = []
     section = None
-    for line in read(PACKAGING / "tcpchat.service").splitlines():
+    for line in read(PACKAGING / name).splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -133,9 +135,15 @@ def test_sysconfig_options_are_accepted_by_the_server():
     assert args.host == "127.0.0.1"
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("dropin", [None] + list(DROPINS))
+def test_unit_passes_systemd_analyze_verify(tmp_path, dropin):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
+    if dropin is not None:
+        # Where the documentation says to put it; verify reads drop-ins
+        # next to the unit it is given.
+        (tmp_path / "tcpchat.service.d").mkdir()
+        shutil.copy2(str(PACKAGING / dropin), str(tmp_path / "tcpchat.service.d" / "tls.conf"))
     # verify wants ExecStart to be an executable and the Documentation=
     # pages to be found by man: point both at what this tree has.
     unit = read(PACKAGING / "tcpchat.service").replace(
@@ -162,3 +170,93 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     )
     assert result.returncode == 0, result.stdout
     assert result.stdout.strip() == "", result.stdout
+
+
+def test_restarts_keep_sessions_in_the_state_directory():
+    # systemctl restart loses nothing: the state file is in the unit's
+    # StateDirectory, the one place besides the logs it may write.
+    assert service_value("StateDirectory") == "tcpchat"
+    from tcpchat.server import make_parser
+
+    args = make_parser().parse_args(sysconfig_options())
+    assert args.state_file == "/var/lib/tcpchat/state"
+    assert args.resume_time > 0
+
+
+# -- TLS: the drop-ins that let the dynamic user read a root-only key --------
+
+#: Directives systemd 239 (Oracle Linux 8) does not know, with the version
+#: that brought them: on 239 they only make warnings.
+NEWER_THAN_239 = {
+    "LoadCredential": 247, "LoadCredentialEncrypted": 250, "SetCredential": 247,
+    "SetCredentialEncrypted": 250, "ImportCredential": 254, "ProtectClock": 247,
+    "ProtectKernelLogs": 244, "ProtectHostname": 242, "ProtectProc": 247,
+    "ProcSubset": 247, "RestrictFileSystems": 250, "RestrictSUIDSGID": 242,
+}
+
+
+def test_unit_reloads_with_sighup():
+    # systemctl reload: the server reopens its log and rereads the certificate.
+    assert service_value("ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
+def test_only_the_credential_dropin_needs_a_systemd_newer_than_239():
+    for name in ("tcpchat.service", "tls-copy.conf"):
+        newer = {k for _, k, _ in unit_settings(name)} & set(NEWER_THAN_239)
+        assert not newer, (name, newer)
+    newer = {k for _, k, _ in unit_settings("tls-credential.conf")} & set(NEWER_THAN_239)
+    assert newer == {"LoadCredential"}
+
+
+def test_dropins_hand_the_server_the_names_the_options_file_gives():
+    # Both make tls.crt and tls.key appear in $CREDENTIALS_DIRECTORY, where
+    # the server looks up the relative names of the sysconfig example.
+    loaded = [v for s, k, v in unit_settings("tls-credential.conf") if k == "LoadCredential"]
+    assert sorted(v.split(":", 1)[0] for v in loaded) == ["tls.crt", "tls.key"]
+    sources = sorted(v.split(":", 1)[1] for v in loaded)
+    assert sources == ["/etc/pki/tcpchat/tls.crt", "/etc/pki/tcpchat/tls.key"]
+    copy = unit_settings("tls-copy.conf")
+    assert ("Service", "RuntimeDirectory", "tcpchat") in copy
+    assert ("Service", "Environment", "CREDENTIALS_DIRECTORY=/run/tcpchat") in copy
+    start = [v for _, k, v in copy if k == "ExecStartPre"]
+    assert len(start) == 1 and start[0].startswith("+")  # root, outside the sandbox
+    for path in sources:
+        assert path in start[0]
+    for name in ("tls.crt", "tls.key"):
+        assert "/run/tcpchat/" + name in start[0]
+    reload = [v for _, k, v in copy if k == "ExecReload"]
+    # Reset, copy again as root, then SIGHUP as the service.
+    assert reload[0] == "" and reload[1].startswith("+") and reload[-1] == \
+        "/bin/kill -HUP $MAINPID"
+    sysconfig = read(PACKAGING / "tcpchat.sysconfig")
+    for path in sources:
+        assert path in sysconfig
+    for name in DROPINS:
+        assert name in sysconfig and name in read(PACKAGING / "tcpchat.service")
+
+
+def test_sysconfig_shows_how_to_turn_tls_on():
+    try:
+        from tcpchat.server import make_parser
+    except ModuleNotFoundError as e:
+        if e.name != "tcpchat.server":
+            raise
+        pytest.skip("tcpchat.server does not exist on this branch yet")
+    text = read(PACKAGING / "tcpchat.sysconfig")
+    example = re.search(r"^#\s+(--tls-cert \S+ --tls-key \S+)$", text, re.M)
+    assert example, "the options file shows no --tls-cert ... --tls-key ... line"
+    args = make_parser().parse_args(sysconfig_options() + example.group(1).split()
+                                    + ["--tls-only"])
+    assert (args.tls_cert, args.tls_key, args.tls_only) == ("tls.crt", "tls.key", True)
+    assert str(args.tls_port) in text  # the port to open is named
+
+
+def test_spec_ships_the_dropins_as_documentation():
+    spec = read(PACKAGING / "tcpchat.spec")
+    line = re.search(r"^%doc packaging/tls-.*$", spec, re.M)
+    assert line, "the spec does not ship the TLS drop-ins"
+    assert sorted(line.group(0).split()[1:]) == sorted("packaging/" + d for d in DROPINS)
+    if (ROOT / ".ci" / "rpm").exists():  # not in the sdist the RPM builds from
+        rpm_check = read(ROOT / ".ci" / "rpm")
+        for name in DROPINS:
+            assert name.replace(".", "\\.") in rpm_check

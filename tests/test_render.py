@@ -12,14 +12,20 @@ from tcpchat.render import (
     ServerMessage,
     Style,
     chat_line,
-    delivery_line,
     display_width,
     escape,
     event_sentence,
+    failure_reason,
+    help_lines,
+    mentions,
+    message_mark,
     notice_line,
-    outgoing_line,
+    outcome_line,
+    own_line,
     parse_server_message,
     rejected_line,
+    screen_rows,
+    who_summary,
 )
 
 WHEN = time.struct_time((2026, 11, 21, 9, 5, 7, 5, 325, 0))
@@ -181,11 +187,26 @@ def test_parse_short_and_unknown_messages_never_raise():
     assert parse_server_message("") == ServerMessage("", (), "")
 
 
-def test_parse_delivered_and_failed():
+def test_parse_delivered_failed_and_help():
     assert parse_server_message("DELIVERED 3 * 5") == ServerMessage(
         "DELIVERED", ("3", "*"), "5")
-    assert parse_server_message("FAILED 3 bob connection lost") == ServerMessage(
-        "FAILED", ("3", "bob"), "connection lost")
+    assert parse_server_message("FAILED 3 bob left bob left") == ServerMessage(
+        "FAILED", ("3", "bob"), "left bob left")
+    assert parse_server_message("HELP /who  list users") == ServerMessage(
+        "HELP", (), "/who  list users")
+
+
+def test_failure_codes_and_older_servers_prose():
+    assert failure_reason("left bob quit", "bob") == ("left", "bob left before it arrived")
+    assert failure_reason("no-receipt timed out", "bob") == (
+        "no-receipt", "may have been seen, not confirmed")
+    assert failure_reason("shutdown bye", "bob") == (
+        "shutdown", "the server stopped before delivering it")
+    # A code we do not know yet keeps the server's words.
+    assert failure_reason("moon-phase the moon is wrong", "bob") == (
+        "moon-phase", "the moon is wrong")
+    assert failure_reason("", "bob") == (None, "no reason given")
+    assert failure_reason("connection lost", "bob", coded=False) == (None, "connection lost")
 
 
 # --- the lines the client prints -----------------------------------------------
@@ -223,36 +244,148 @@ def test_colour_wraps_only_our_own_codes_around_escaped_text():
 
 
 def test_no_colour_means_no_escape_at_all():
-    for line in (chat_line(WHEN, "bob", "pair", "hi", PLAIN),
-                 notice_line(WHEN, "x", PLAIN, "bad"),
-                 outgoing_line(WHEN, "everyone", "*", "hi", "3", PLAIN)):
+    for line in (chat_line(WHEN, "bob", "pair", "hi alice", PLAIN, me="alice", attention=True),
+                 notice_line(WHEN, "x", PLAIN, "bad", attention=True),
+                 own_line(WHEN, "alice", "everyone", "*", "hi", message_mark("sent", PLAIN),
+                          PLAIN),
+                 outcome_line(WHEN, "failed", "hi", "bob", PLAIN, reason="gone"),
+                 who_summary([("bob", "paired")], 1, 1, PLAIN)):
         assert "\x1b" not in line
 
 
-def test_outgoing_line_says_to_whom_and_that_it_was_sent():
-    assert outgoing_line(WHEN, "pair", "bob", "hi", "7", PLAIN) == \
-        "09:05:07 [pair] you \u2192 bob: hi  (#7 sent)"
-    assert outgoing_line(WHEN, "everyone", "*", "hi", "8", Style(unicode=False)) == \
-        "09:05:07 [all] you -> everyone: hi  (#8 sent)"
+def _luminance(index):
+    # xterm's 256-colour cube: 16 + 36r + 6g + b, levels 0 95 135 175 215 255.
+    n = int(index) - 16
+    levels = (0, 95, 135, 175, 215, 255)
+
+    def linear(c):
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = levels[n // 36], levels[n // 6 % 6], levels[n % 6]
+    return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
 
 
-def test_delivery_lines():
-    assert delivery_line(WHEN, "7", "bob", "hi", PLAIN) == \
-        '09:05:07 #7 "hi" delivered to bob'
-    assert delivery_line(WHEN, "7", "bob", "hi", PLAIN, reason="connection lost") == \
-        '09:05:07 #7 "hi" NOT delivered to bob: connection lost'
-    assert delivery_line(WHEN, "8", "*", "yo", PLAIN, got=3, total=3) == \
-        '09:05:07 #8 "yo" delivered to everyone (3)'
-    assert "only 2 of 3" in delivery_line(WHEN, "8", "*", "yo", PLAIN, got=2, total=3)
+def test_nick_colours_read_on_dark_and_light_backgrounds():
+    style = Style(color=True, colors=256)
+    for code in style.palette:
+        lum = _luminance(code)
+        on_white = 1.05 / (lum + 0.05)
+        on_black = (lum + 0.05) / 0.05
+        assert min(on_white, on_black) >= 4, (code, on_white, on_black)
+    assert "33" not in Style(color=True).palette  # yellow vanishes on white
 
 
-def test_delivery_line_without_text_names_the_id():
-    assert delivery_line(WHEN, "9", "bob", "", PLAIN) == "09:05:07 #9 delivered to bob"
+def test_a_nick_has_one_colour_everywhere_and_ours_is_bold():
+    style = Style(color=True)
+    bob = style.nick("bob", "bob")
+    assert bob == Style(color=True).nick("BOB", "bob")  # nicks ignore case
+    assert bob.startswith("\x1b[3") and bob.endswith("m" + "bob" + "\x1b[0m")
+    assert style.nick("bob", "bob", me=True) == "\x1b[1;" + bob[2:]
+    colours = {style.nick(n, n).split("m")[0] for n in ("ann", "bob", "cy", "dee", "eve", "fay")}
+    assert len(colours) > 1
+    big = Style(color=True, colors=256).nick("bob", "bob")
+    assert big.startswith("\x1b[38;5;")
+    assert Style(color=False).nick("bob", "bob") == "bob"
 
 
-def test_delivery_line_shortens_long_text():
-    line = delivery_line(WHEN, "7", "bob", "x" * 100 + "\x1b", PLAIN)
-    assert '"' + "x" * 37 + '..."' in line
+@pytest.mark.parametrize("text, hit", [
+    ("alice", True), ("hi Alice!", True), ("ALICE: look", True), ("thanks, alice.", True),
+    ("@alice hi", True), ("(alice)", True), ("alice's turn", True),
+    ("malice", False), ("alice2", False), ("alice_b", False), ("alice-b", False),
+    ("bob.alice", False), ("alice.b", False), ("alic", False), ("", False),
+])
+def test_a_mention_is_the_nick_as_a_word_ignoring_case(text, hit):
+    assert mentions(text, "alice") is hit
+
+
+def test_mentions_are_highlighted_in_the_escaped_text():
+    line = chat_line(WHEN, "bob", "everyone", "alice\x1b[2J, ALICE", COLOR, me="alice")
+    assert "\x1b[7malice\x1b[0m^[[2J, \x1b[7mALICE\x1b[0m" in line
+    assert mentions("a.b-c", "a.b-c") and not mentions("axb-c", "a.b-c")
+
+
+def test_the_line_of_a_message_we_sent_and_its_marks():
+    def line(state, style=PLAIN, audience="pair", to="bob", **kw):
+        return own_line(WHEN, "alice", audience, to, "hi bob",
+                        message_mark(state, style, **kw), style)
+    assert line("pending") == "09:05:07 [pair] alice: hi bob  \u2026"
+    assert line("sent") == "09:05:07 [pair] alice: hi bob  sent"
+    assert line("delivered") == "09:05:07 [pair] alice: hi bob  \u2713"
+    assert line("failed", reason="bob left") == "09:05:07 [pair] alice: hi bob  \u2717 bob left"
+    assert line("unconfirmed", reason="maybe") == "09:05:07 [pair] alice: hi bob  ? maybe"
+    assert line("delivered", audience="everyone", to="*", got=3, total=3) == \
+        "09:05:07 [all] alice: hi bob  \u2713 3"
+    assert line("delivered", audience="everyone", to="*", got=2, total=3) == \
+        "09:05:07 [all] alice: hi bob  \u2713 2 of 3"
+    assert line("sent", audience="private") == "09:05:07 [private] alice \u2192 bob: hi bob  sent"
+    ascii_ = Style(unicode=False)
+    assert [line(s, ascii_) for s in ("pending", "delivered")] == [
+        "09:05:07 [pair] alice: hi bob  ...", "09:05:07 [pair] alice: hi bob  ok"]
+    assert line("failed", ascii_, reason="x").endswith("failed: x")
+    assert line("unconfirmed", ascii_, reason="x").endswith("unconfirmed: x")
+    assert line("sent", ascii_, audience="private").startswith(
+        "09:05:07 [private] alice -> bob")
+    # Colour: the mark says good or bad; failure's reason is escaped.
+    assert message_mark("delivered", COLOR) == "\x1b[32m\u2713\x1b[0m"
+    assert message_mark("failed", COLOR, reason="\x1b]0;x") == \
+        "\x1b[1;31m\u2717 ^[]0;x\x1b[0m"
+
+
+def test_outcome_lines_name_the_message():
+    assert outcome_line(WHEN, "delivered", "hi", "bob", PLAIN) == \
+        '09:05:07 \u2713 "hi" delivered to bob'
+    assert outcome_line(WHEN, "delivered", "hi", "*", PLAIN, got=3, total=3) == \
+        '09:05:07 \u2713 "hi" delivered to everyone (3)'
+    assert outcome_line(WHEN, "delivered", "hi", "*", PLAIN, got=2, total=3) == \
+        '09:05:07 \u2717 "hi" delivered to only 2 of 3 (the others left first)'
+    assert outcome_line(WHEN, "failed", "hi", "bob", PLAIN, reason="bob left") == \
+        '09:05:07 \u2717 "hi" NOT delivered to bob: bob left'
+    assert outcome_line(WHEN, "unconfirmed", "hi", "bob", PLAIN, reason="maybe") == \
+        '09:05:07 ? "hi" to bob: maybe'
+    assert outcome_line(WHEN, "refused", "hi", "zed", PLAIN, reason="no user zed") == \
+        '09:05:07 \u2717 "hi" to zed not sent: no user zed'
+    assert outcome_line(WHEN, "delivered", "hi", "bob", Style(unicode=False)) == \
+        '09:05:07 "hi" delivered to bob'
+    # Without the text (a message this run did not send) the id must do.
+    assert outcome_line(WHEN, "delivered", "", "bob", PLAIN, msg_id="9") == \
+        "09:05:07 \u2713 #9 delivered to bob"
+    line = outcome_line(WHEN, "delivered", "x" * 100 + "\x1b", "b\x1bb", PLAIN)
+    assert '"' + "x" * 37 + '..."' in line and "b^[b" in line
+
+
+def test_who_summary():
+    assert who_summary([], 0, 0, PLAIN) == "Nobody else is here yet."
+    assert who_summary([("bob", "free")], 1, 0, PLAIN) == "1 other here: bob."
+    assert who_summary([("bob", "free"), ("c\x1b", "paired")], 2, 1, PLAIN) == \
+        "2 others here: bob, c^[ (paired)."
+    assert who_summary([("a", "free"), ("b", "away")], 9, 4, PLAIN) == \
+        "9 others here, 4 of them paired: a, b (away) and 7 more."
+
+
+def test_help_lines_are_what_a_person_types_one_line_each():
+    for style in (PLAIN, Style(unicode=False)):
+        lines = help_lines(style)
+        assert all("\n" not in line and len(line) <= 160 for line in lines)
+        assert not [line for line in lines if line.startswith(("OK", "HELP", "/ack"))]
+    assert "\u2713" not in " ".join(help_lines(Style(unicode=False)))
+
+
+@pytest.mark.parametrize("text, columns, rows", [
+    ("", 10, 1), ("abc", 10, 1), ("abcdefghij", 10, 1), ("abcdefghijk", 10, 2),
+    ("a\nb", 10, 2), ("x" * 25, 10, 3),
+    ("\x1b[1mab\x1b[0m", 2, 1),  # our colour codes take no room
+    ("\u65e5\u672c\u8a9e", 5, 2),  # a wide character does not split: whole to the next row
+    ("a\u65e5\u672c", 4, 2), ("\u65e5\u672c", 4, 1),
+    ("e\u0301" * 10, 10, 1),  # combining marks take none
+    ("a\tb", 10, 1), ("\t\t\tb", 10, 1),  # tabs never wrap
+    # An ambiguous-width mark (1 or 2 columns, by terminal) at a row's end:
+    # unknown, so nothing is redrawn on a guess; elsewhere it does not matter.
+    ("abcdefgh \u2026", 10, None), ("ab \u2026", 10, 1),
+    ("abcdefgh\U0001F468\u200d\U0001F469", 10, None),
+])
+def test_screen_rows(text, columns, rows):
+    assert screen_rows(text, columns) == rows
 
 
 def test_rejected_line():
@@ -273,6 +406,7 @@ def test_rejected_line():
         ("OK who 1", None, "1 user online."),
         ("OK who 3", None, "3 users online."),
         ("OK help /nick NAME: register", None, "/nick NAME: register"),
+        ("HELP /nick NAME: register", None, "/nick NAME: register"),
         ("ERR busy bob is paired", None, "Error: bob is paired [busy]"),
         ("JOINED bob", None, "bob joined."),
         ("LEFT bob quit", None, "bob left: quit."),
@@ -280,16 +414,32 @@ def test_rejected_line():
         ("PAIR-REQUEST bob", None, "bob asks to pair with you; type /pair bob to accept."),
         ("PAIRED bob", None, "You are paired with bob: plain text now goes to bob only."),
         ("UNPAIRED bob connection lost", "bob", "Your pair with bob ended: connection lost."),
+        ("UNPAIRED bob request withdrawn", None,
+         "The pair request between you and bob is gone: request withdrawn."),
+        ("UNPAIRED bob request withdrawn", "carol",
+         "The pair request between you and bob is gone: request withdrawn."),
         ("USER bob paired", None, "  bob (paired)"),
         ("PONG", None, "pong"),
         ("PONG abc", None, "pong abc"),
-        ("BYE see you", None, "Server closed the session: see you."),
+        ("BYE server shutting down", None,
+         "The server ended the session: server shutting down."),
         ("NEWTHING x\x1b", None, "Server: NEWTHING x^["),
     ],
 )
 def test_event_sentences(wire, partner, expected):
     text, _role = event_sentence(parse_server_message(wire), partner)
     assert text == expected
+
+
+@pytest.mark.parametrize("request_, expected", [
+    ("theirs", "bob no longer asks to pair with you: request withdrawn."),
+    ("ours", "Your pair request to bob ended: request withdrawn."),
+])
+def test_unpaired_about_a_request_is_not_a_broken_pair(request_, expected):
+    msg = parse_server_message("UNPAIRED bob request withdrawn")
+    assert event_sentence(msg, "carol", request_)[0] == expected
+    # From the partner it is the pair, whatever the requests.
+    assert event_sentence(msg, "bob", request_)[0] == "Your pair with bob ended: request withdrawn."
 
 
 def test_event_sentences_escape_server_text():
