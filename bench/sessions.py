@@ -64,8 +64,8 @@ SESSION_PLANS = {
         # A smaller limit, and /all with a longer text: the kernel's send
         # buffers (loopback grows them to 4 MiB) fill in a fraction of a
         # second instead of ten.
-        "stall_users": 4, "stall_max_queue": 1 << 16, "stall_duration": 0.5,
-        "stall_longest": 20.0, "stall_drain": 0.5, "stall_all_text": 2000, "stall_text": 8000,
+        "stall_users": 4, "stall_max_queue": 1 << 16, "stall_duration": 0.3,
+        "stall_longest": 20.0, "stall_drain": 0.3, "stall_all_text": 2000, "stall_text": 8000,
     },
 }
 
