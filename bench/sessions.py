@@ -22,9 +22,11 @@ issue 8 item 3 (memory counted per connection) for the third.
 8. stall: ``stall_users`` registered users and one flooder, the server at
    ``--max-queue stall_max_queue`` and ``--rate 0`` (so the limit, not
    flood control, bounds memory). "all": line-mode users that never read
-   (SO_RCVBUF 4 KiB) while the flooder sends ``/all x``; "unacked": framed
-   users that read everything and never ``/ack``, while the flooder sends
-   each in turn a private message of ``stall_text`` bytes. The server's
+   (SO_RCVBUF 4 KiB) while the flooder sends ``/all x``, until every one
+   of them is cut off, then ``stall_duration`` seconds more (at most
+   ``stall_longest`` in all); "unacked": framed users that read everything
+   and never ``/ack``, while the flooder sends each in turn a private
+   message of ``stall_text`` bytes, for ``stall_duration``. The server's
    peak RSS growth (VmHWM at the end less VmRSS before the flood) against
    the sum of the per-connection limits, and the users the server cut off
    (the flooder reads their AWAY or LEFT).
