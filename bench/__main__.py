@@ -15,7 +15,8 @@ import time
 from bench import procs, report
 from bench.scenarios import PLANS, TARGETS, Runner
 
-SCENARIOS = ("throughput", "latency", "fanout", "connections", "flood")
+SCENARIOS = ("throughput", "latency", "fanout", "connections", "flood", "restart",
+             "resume-cost", "stall")
 #: In a --markdown file, this heading and all after it are notes written by
 #: hand (findings, earlier runs): kept when the file is written again.
 NOTES = "## Notes kept between runs"
@@ -36,7 +37,7 @@ def make_parser():
         prog="python -m bench", description="Run the tcpchat benchmarks and print one table.")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="plan", action="store_const", const="quick",
-                      help="smaller sizes and shorter runs: under a minute")
+                      help="smaller sizes and shorter runs: a few minutes")
     size.add_argument("--tiny", dest="plan", action="store_const", const="tiny",
                       help="the smallest sizes: proves only that it all works")
     parser.set_defaults(plan="full")
@@ -193,6 +194,36 @@ HOW = """## How the figures are taken
   when the server closes it or the bystanders see its LEFT. After the flood
   everyone keeps reading for a drain time (5 s; 3 s quick); a reply not in by
   then is missing, and a quantile that falls on one shows as "lost".
+- Restart (`bench/sessions.py`): framed users registered from several load
+  processes pair up (`/pair`), and each sends its partner 10 messages of 32
+  bytes; each reads its partner's and never acknowledges them. The server
+  runs with `--state-file` and `--receipt-timeout 0` (the messages wait for
+  the restart however long a busy machine takes). SIGTERM; the clients read
+  their `BYE` until closed; the "state saved" line gives the write time.
+  A new server starts on the same file and port; the load's cost is its
+  CPU when it says it listens less the first server's (which found no
+  file). Once it listens, every client connects again (500 at a time per
+  process) and sends `/resume TOKEN`, and acknowledges the messages that
+  come again. Times run from the moment the bench read the new server's
+  "listening" line to the last `OK resume`, the last pair's `BACK` (of two
+  partners the first back hears of the second, whatever
+  `--presence-limit`), the last client's 10th message, and its 10th
+  `DELIVERED`.
+- Resume on vs off: the throughput run, at `--log-level warning`, at its
+  defaults and with `--resume-time 0`, alternated; medians. The target is
+  judged on server CPU per message, since a server that is CPU-bound
+  delivers in inverse proportion to it and a shared machine moves rates.
+- Stall: the server at `--max-queue 1048576 --rate 0` (tiny runs: 64 KiB).
+  "all": 20 line-mode users connect with SO_RCVBUF 4 KiB and never read
+  after registering; one more sends `/all x` as fast as the server takes it
+  until every one of them has been cut off (the flooder reads `AWAY` or
+  `LEFT`), then 5 s more (2 s quick). Loopback grows the server's send
+  buffers to 4 MiB, so the kernel takes some 3 MiB a user before the
+  server's own queue grows: that takes seconds. "unacked": 20 framed users
+  read everything and never `/ack`; one more sends each in turn a private
+  message of 64,000 bytes, for 5 s (2 s quick). Peak growth is VmHWM at the
+  end (reset through /proc/PID/clear_refs before the flood) less VmRSS
+  before it; the sum of the limits is 20 x `--max-queue`.
 - "load generator CPU" is the generator's own CPU time over wall time; at
   90% and over its figures are marked, as it may have been the bottleneck.
 - Two cores shared with other work: rates and latencies move by tens of per

@@ -159,8 +159,12 @@ class LoadGen:
 
     # -- commands ---------------------------------------------------------
 
-    def cmd_connect(self, n, prefix, concurrency=500, timeout=60.0):
-        """Open n connections and register each (or pair, for the relay)."""
+    def cmd_connect(self, n, prefix, concurrency=500, timeout=60.0, rcvbuf=0):
+        """Open n connections and register each (or pair, for the relay).
+
+        ``rcvbuf``: SO_RCVBUF in bytes for the new sockets (0: the
+        kernel's), small for a client that will stop reading.
+        """
         base = len(self.clients)
         new = []
         started = time.monotonic_ns()
@@ -177,6 +181,8 @@ class LoadGen:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if rcvbuf:  # before connect: it sets the window offered
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
                 c = Client(sock, nick, i)
                 err = sock.connect_ex((self.host, self.port))
                 if err not in (0, errno.EINPROGRESS):
@@ -217,6 +223,7 @@ class LoadGen:
                 c.regbuf += data
                 if self.dialect.registered in c.regbuf:
                     c.state = "ready"
+                    self.on_registered(c, c.regbuf)
                     c.regbuf = b""
                     busy -= 1
                     done += 1
@@ -236,6 +243,9 @@ class LoadGen:
         return {"started": started, "ended": ended, "registered": done,
                 "failed": n - done, "total": len(self.clients),
                 "first": ready[0].nick.decode() if ready else None}
+
+    def on_registered(self, c, said):
+        """``c`` has registered; ``said`` is what the server said until then."""
 
     def cmd_throughput(self, warmup, duration, window, text_size=32, drain=5.0, pace=0.0003):
         """Pairs send each other private messages as fast as they are taken."""
@@ -787,14 +797,15 @@ def raise_open_files_limit():
     return hard
 
 
-def main(argv=None):
+def main(argv=None, cls=None):
+    """Serve commands with a LoadGen, or with ``cls``, a subclass of it."""
     argv = sys.argv[1:] if argv is None else argv
     cfg = json.loads(argv[0])
     limit = raise_open_files_limit()
     # The generator makes no garbage cycles worth collecting, and a
     # collector pause in here would be counted as the server's latency.
     gc.disable()
-    gen = LoadGen(cfg)
+    gen = (cls or LoadGen)(cfg)
     reply({"event": "started", "nofile": limit})
     for line in sys.stdin:
         cmd = json.loads(line)

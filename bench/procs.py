@@ -61,11 +61,15 @@ class ServerProcess:
     ``profile`` set to a file name, the server runs under cProfile and writes
     its statistics there when it exits on SIGTERM. ``argv`` and ``ready``
     start something else (miniircd): its command line, and a pattern whose
-    last group is the port it listens on, matched in its output.
+    last group is the port it listens on, matched in its output. ``extra``
+    go after tcpchat's own options (a later ``--port`` wins over ``--port 0``).
+    ``watch``, a bytes pattern, keeps every whole output line it matches in
+    ``seen``, as (monotonic seconds when read, line): lines a busy log at
+    info would push out of ``log``, such as the state file's.
     """
 
     def __init__(self, kind, variant="defaults", profile=None, start_timeout=15.0,
-                 argv=None, ready=LISTENING, extra=()):
+                 argv=None, ready=LISTENING, extra=(), watch=None):
         self.kind = kind
         self.log = collections.deque(maxlen=200)
         # Its warnings and errors (a client cut off, say), which a busy log
@@ -77,6 +81,8 @@ class ServerProcess:
         self._tmp = None
         self._port_seen = threading.Event()
         self._ready = ready
+        self._watch = watch
+        self.seen = []
         if argv is None:
             argv = [PY]
             if profile:
@@ -85,6 +91,9 @@ class ServerProcess:
             if kind == "tcpchat":
                 argv += self._tcpchat_logging(variant)
             argv += list(extra)  # e.g. bench/tls.py's TLS options
+        # Monotonic seconds: when it was started, and when it said it listens.
+        self.started_at = time.monotonic()
+        self.listening_at = None
         try:
             self.proc = subprocess.Popen(
                 argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -124,6 +133,7 @@ class ServerProcess:
         # and keep only the last lines (for error messages), at little CPU.
         fd = self.proc.stdout.fileno()
         head = b""
+        partial = b""  # watched: the unfinished last line of a chunk
         while True:
             try:
                 chunk = os.read(fd, 1 << 20)
@@ -135,9 +145,18 @@ class ServerProcess:
                 head += chunk
                 m = self._ready.search(head)
                 if m:
+                    self.listening_at = time.monotonic()
                     self.port = int(m.group(m.lastindex))
                     self._port_seen.set()
                 head = head[-4096:]
+            if self._watch is not None:
+                at = time.monotonic()
+                whole = partial + chunk
+                cut = whole.rfind(b"\n") + 1
+                partial = whole[cut:][-65536:]
+                for line in whole[:cut].splitlines():
+                    if self._watch.search(line):
+                        self.seen.append((at, line.decode("utf-8", "replace")))
             lines = chunk[-8192:].decode("utf-8", "replace").splitlines()
             self.log.extend(lines[-20:])
             if b" WARNING " in chunk or b" ERROR " in chunk:
@@ -304,11 +323,11 @@ class _LineReader:
 class LoadProcess:
     """One load generator process (``bench.loadgen``), driven by JSON lines."""
 
-    def __init__(self, dialect, port, index=0, confirm="SENT"):
+    def __init__(self, dialect, port, index=0, confirm="SENT", module="bench.loadgen"):
         cfg = {"dialect": dialect, "host": "127.0.0.1", "port": port,
                "index": index, "confirm": confirm}
         self.proc = subprocess.Popen(
-            [PY, "-m", "bench.loadgen", json.dumps(cfg)], cwd=ROOT,
+            [PY, "-m", module, json.dumps(cfg)], cwd=ROOT,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self._buf = b""

@@ -7,6 +7,7 @@ import platform
 import math
 
 from bench.scenarios import BASELINES, FLOODS, TCPCHAT, TCPCHAT_MAIN
+from bench.sessions import STALLS
 
 # A run whose load generator used at least this share of a core was limited
 # by the generator: its figures are lower bounds for the server.
@@ -57,6 +58,52 @@ ROWS = {
         ("server exit after SIGTERM s (-: killed)", "stop_s", SECONDS, False),
         ("load generator CPU", "lg_cpu", PERCENT, False),
     ]),
+    "restart": ("6 restart", "N=%d users, each with 10 held messages, resume", [
+        ("state file bytes", "state_bytes", COUNT, False),
+        ("state file bytes/user", "state_bytes_per_user", RATE, False),
+        ("state write ms (server's log)", "save_ms", MILLIS, False),
+        ("SIGTERM to exit s", "sigterm_to_exit_s", SECONDS, False),
+        ("state load CPU ms (start with - without)", "load_cpu_ms", MILLIS, False),
+        ("messages restored", "restored_messages", COUNT, False),
+        ("listening to half OK resume ms", "ok_p50_ms", MILLIS, False),
+        ("listening to every OK resume ms", "ok_last_ms", MILLIS, False),
+        ("listening to every pair BACK ms", "back_last_ms", MILLIS, False),
+        ("listening to every held MSG ms", "msgs_last_ms", MILLIS, False),
+        ("listening to every DELIVERED ms", "delivered_last_ms", MILLIS, False),
+        ("server CPU for the resumes s", "resume_cpu_s", SECONDS, False),
+        ("users resumed", "resumed", COUNT, False),
+        ("held messages delivered again", "redelivered", COUNT, False),
+        ("server RSS before the restart MiB", "rss_old_mib", MIB, False),
+        ("server RSS after resume MiB", "rss_new_mib", MIB, False),
+        ("load generator CPU", "lg_cpu", PERCENT, False),
+    ]),
+    "resume-cost": ("7 resume on vs off", "P=%d pairs, line mode, --log-level warning", [
+        ("resume on: delivered msg/s", "on_per_s", RATE, False),
+        ("resume off: delivered msg/s", "off_per_s", RATE, False),
+        ("on / off msg/s", "rate_ratio", FRACTION, False),
+        ("resume on: server CPU us/msg", "on_cpu_us", MICROS, False),
+        ("resume off: server CPU us/msg", "off_cpu_us", MICROS, False),
+        ("off / on CPU us/msg", "cpu_ratio", FRACTION, False),
+        ("runs of each (medians)", "repeats", COUNT, False),
+        ("load generator CPU", "lg_cpu", PERCENT, False),
+    ]),
+    "stall": ("8 stall", "%s; --rate 0", [
+        ("stalled users", "users", COUNT, False),
+        ("sum of their limits MiB", "limits_mib", MIB, False),
+        ("server RSS before MiB", "rss_before_mib", MIB, False),
+        ("server peak RSS MiB", "peak_rss_mib", MIB, False),
+        ("peak RSS growth MiB", "growth_mib", MIB, False),
+        ("growth / sum of limits", "growth_ratio", FRACTION, False),
+        ("server RSS at the end MiB", "rss_end_mib", MIB, False),
+        ("stalled users cut off", "dropped", COUNT, False),
+        ("the last cut off after s", "all_cut_off_s", SECONDS, False),
+        ("slow-consumer warnings", "slow_consumer_warnings", COUNT, False),
+        ("seconds of flooding", "flood_s", SECONDS, False),
+        ("flooder commands sent/s", "commands_per_s", RATE, False),
+        ("flooder FAILED lines", "failed", COUNT, False),
+        ("server CPU s", "server_cpu_s", SECONDS, False),
+        ("load generator CPU", "lg_cpu", PERCENT, False),
+    ]),
     "connections": ("4 connections", "N=%d clients", [
         ("connect+register storm s", "storm_s", SECONDS, False),
         ("server CPU for the storm s", "storm_cpu_s", SECONDS, False),
@@ -66,7 +113,10 @@ ROWS = {
         ("server CPU per /who ms", "who_cpu_ms", MILLIS, False),
     ]),
 }
-ORDER = ("throughput", "latency", "fanout", "connections", "flood")
+ORDER = ("throughput", "latency", "fanout", "connections", "flood", "restart", "resume-cost",
+         "stall")
+#: Scenarios whose sizes are named variants: their labels, in table order.
+VARIANTS = {"flood": FLOODS, "stall": STALLS}
 #: Rows shown only when some run has the figure (syslog: one target only).
 OPTIONAL = ("syslog_per_msg",)
 
@@ -108,7 +158,8 @@ def machine():
 
 def size_order(key):
     scenario, size = key
-    return (ORDER.index(scenario), list(FLOODS).index(size) if scenario == "flood" else size)
+    return (ORDER.index(scenario),
+            list(VARIANTS[scenario]).index(size) if scenario in VARIANTS else size)
 
 
 def ratio_targets(targets):
@@ -128,7 +179,7 @@ def table(results, targets):
         scenario, size = key
         by_target = results[key]
         title, size_label, rows = ROWS[scenario]
-        label = FLOODS[size][0] if scenario == "flood" else size
+        label = VARIANTS[scenario][size][0] if scenario in VARIANTS else size
         lines.append("%s, %s" % (title, size_label % label))
         first = True
         for label, key, unit, ratios in rows:
@@ -237,7 +288,19 @@ TARGETS = (
     ("flood", "while one client floods /all, /msg or /help, a bystander's /ping and private "
      "messages keep a p99 under 50 ms"),
     ("flood-drops", "no well-behaved reader is dropped during a flood"),
+    ("restart", "after a restart every user resumes, and every held message is delivered "
+     "again with its id and confirmed to its sender"),
+    ("resume-cost", "throughput with resume on within 10% of resume off (100 pairs, line mode, "
+     "--log-level warning; judged on server CPU per message)"),
+    ("stall-rss", "peak RSS growth within 1.5x the sum of the per-connection limits, "
+     "20 stalled users at --max-queue 1 MiB and --rate 0"),
+    ("stall-drops", "every user that never reads is cut off as a slow consumer, and none "
+     "that reads"),
 )
+#: The pair size of the resume-on-vs-off comparison (issue 10: 100 pairs),
+#: and the stall size judged (issue 8: 20 users at 1 MiB each).
+RESUME_COST_PAIRS = 100
+STALL_JUDGED = (20, 1 << 20)
 #: The pair size of the miniircd comparison (issue 12: 100 pairs).
 MINIIRCD_PAIRS = 100
 
@@ -332,6 +395,7 @@ def targets_met(results, plan):
         drops = [(r["dropped"], r["readers"], FLOODS[v][0]) for v, t, r, _ in floods]
         found["flood-drops"] = (all(d == 0 for d, _, _ in drops), "; ".join(
             "%s: %d of %d dropped" % (what, d, n) for d, n, what in drops))
+    found.update(session_targets(runs, results))
     out = []
     for key, target in TARGETS:
         met, detail = found.get(key, (None, "not measured in this run"))
@@ -342,3 +406,36 @@ def targets_met(results, plan):
 def targets_text(goals):
     words = {True: "met    ", False: "NOT met", None: "n/a    "}
     return "\n".join("%s  %s: %s" % (words[ok], target, detail) for ok, target, detail in goals)
+
+
+def session_targets(runs, results):
+    """{goal: (met, detail)} for the restart, resume-cost and stall runs."""
+    found = {}
+    restarts = list(runs("restart"))
+    if restarts:
+        found["restart"] = (all(r["sent_ok"] for _, _, r, _ in restarts), "; ".join(
+            "N=%d: %d resumed, %d of %d held messages delivered again (%d with their ids), "
+            "%d confirmed, every OK resume in %s ms" % (
+                n, r["resumed"], r["redelivered"], r["users"] * r["held_each"], r["same_ids"],
+                r["confirmed"], fmt(r["ok_last_ms"], MILLIS))
+            for n, _, r, _ in restarts))
+    for n, t, r, _ in runs("resume-cost", RESUME_COST_PAIRS):
+        if r["cpu_ratio"] is not None:
+            found["resume-cost"] = (r["cpu_ratio"] >= 0.9, (
+                "by CPU %.2fx (on %.2f us, off %.2f us a message); by msg/s %.2fx "
+                "(on %s, off %s); medians of %d runs each" % (
+                    r["cpu_ratio"], r["on_cpu_us"], r["off_cpu_us"], r["rate_ratio"] or 0,
+                    fmt(r["on_per_s"], RATE), fmt(r["off_per_s"], RATE), r["repeats"])))
+    stalls = [(v, r) for v, _, r, _ in runs("stall", targets=("tcpchat/line",))]
+    judged = [(v, r) for v, r in stalls if (r["users"], r["max_queue"]) == STALL_JUDGED]
+    if judged:
+        found["stall-rss"] = (all(r["growth_ratio"] <= 1.5 for _, r in judged), "; ".join(
+            "%s: %.1f MiB, %.2fx of %.0f MiB" % (v, r["growth_mib"], r["growth_ratio"],
+                                                 r["limits_mib"]) for v, r in judged))
+    if stalls:
+        found["stall-drops"] = (
+            all(r["dropped"] == r["dropped_expected"] for _, r in stalls), "; ".join(
+                "%s: %d of %d cut off (expected %d)" % (v, r["dropped"], r["users"],
+                                                        r["dropped_expected"])
+                for v, r in stalls))
+    return found

@@ -16,6 +16,7 @@ from bench import miniircd
 from tcpchat.protocol import HELP
 from bench.procs import (BenchError, BenchSkip, LoadProcess, RssSampler, ServerProcess,
                          run_all)
+from bench.sessions import SESSION_PLANS, SessionScenarios
 
 Target = collections.namedtuple("Target", "server dialect confirm variant")
 
@@ -89,6 +90,9 @@ PLANS = {
         "quiet_beyond_throughput": False,
     },
 }
+# Restart, resume cost, stalled readers: their sizes live beside them.
+for _name, _sizes in SESSION_PLANS.items():
+    PLANS[_name].update(_sizes)
 
 # Connection storm: clients per load process. epoll has no fd ceiling, but
 # one Python process registering 10,000 clients is slower than the server.
@@ -128,7 +132,7 @@ def split(n, parts):
     return [n // parts + (1 if i < n % parts else 0) for i in range(parts)]
 
 
-class Runner:
+class Runner(SessionScenarios):
     def __init__(self, plan, targets, profile_dir=None, progress=None, offline=False):
         self.plan = plan
         self.targets = targets
@@ -140,7 +144,9 @@ class Runner:
 
     # -- plumbing ---------------------------------------------------------
 
-    def _server(self, target):
+    def _server(self, target, args=(), watch=None):
+        """A fresh server for ``target``; ``args``: more tcpchat options,
+        ``watch``: see ServerProcess."""
         t = TARGETS[target]
         if t.server == "miniircd":
             return self._miniircd_server()
@@ -150,7 +156,8 @@ class Runner:
             os.makedirs(self.profile_dir, exist_ok=True)
             profile = os.path.join(
                 self.profile_dir, "%02d-%s.prof" % (self._profiles, target.replace("/", "-")))
-        return ServerProcess(t.server, variant=t.variant or "defaults", profile=profile)
+        return ServerProcess(t.server, variant=t.variant or "defaults", profile=profile,
+                             extra=args, watch=watch)
 
     def miniircd_script(self):
         """miniircd.py's path, fetched once; BenchSkip when it cannot be had."""
@@ -214,7 +221,7 @@ class Runner:
 
     # -- scenario 1 -------------------------------------------------------
 
-    def throughput(self, target, pairs):
+    def throughput(self, target, pairs, args=()):
         plan = self.plan
         t = TARGETS[target]
         if t.server == "miniircd" and pairs > miniircd.MAX_PAIRS:
@@ -224,7 +231,7 @@ class Runner:
         if self.plan.get("window"):
             window = self.plan["window"]
         count = -(-2 * pairs // THROUGHPUT_CONNECTIONS_PER_LOAD)
-        with self._server(target) as srv:
+        with self._server(target, args=args) as srv:
             loads = self._loads(target, srv.port, count)
             try:
                 # Both ends of a pair live in the same process.
@@ -498,4 +505,5 @@ class Runner:
                     if target in FLOOD_TARGETS:
                         results.setdefault(("flood", variant), {})[target] = self.run(
                             "flood", target, variant, self.flood)
+        self.run_sessions(scenarios, results)
         return results

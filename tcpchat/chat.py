@@ -75,7 +75,7 @@ import ipaddress
 import logging
 import secrets
 
-from .delivery import RECEIPT_COST, Delivery, Message
+from .delivery import Delivery, Message, receipt_cost
 from .escaping import escape
 from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
 from .protocol import (
@@ -235,8 +235,8 @@ class Session:
 
     def held(self):
         """Bytes the server holds for this connection (see Memory): its
-        unwritten output, for each message it has yet to receive the
-        message's encoded size and RECEIPT_COST of bookkeeping, and what the
+        unwritten output, for each message it has yet to receive what
+        ``delivery.receipt_cost`` counts, and what the
         shell holds below the protocol (``transport_held``: TLS)."""
         return (self.enqueued - self.written + CHUNK_COST * len(self.out)
                 + self.receipt_bytes + self.transport_held)
@@ -384,7 +384,7 @@ class Chat(Roster, Delivery):
                 written = s.written
                 while marks and marks[0][0] <= written:
                     msg = marks.popleft()[1]
-                    s.receipt_bytes -= len(msg._line) + RECEIPT_COST
+                    s.receipt_bytes -= receipt_cost(msg, msg._line)
                     self._delivered(msg, s)
         s.backed_up = bool(out)
         if s.live and s.held() > self.limits.max_queue:
@@ -760,7 +760,7 @@ class Chat(Roster, Delivery):
                 bad.append(word)
             else:
                 msg = entry[0]
-                s.receipt_bytes -= len(msg._frame) + RECEIPT_COST
+                s.receipt_bytes -= receipt_cost(msg, msg._frame)
                 self._delivered(msg, s)
         if bad:
             self._error(s, "no-such-message", "%s not awaiting your receipt" % " ".join(bad))

@@ -21,9 +21,11 @@ or certainly never was (``left``, ``slow-consumer``, ``shutdown``,
 ``away-expired``, ``away-full``).
 
 Memory. Each receipt counts against its holder's ``max_queue`` with the
-message's encoded size and RECEIPT_COST of bookkeeping
-(``session.receipt_bytes``, ``user.held_bytes``), measured with tracemalloc
-so that the limit is what the server really holds.
+message's encoded size, its text (the Message keeps both) and RECEIPT_COST
+of bookkeeping (``receipt_cost``: ``session.receipt_bytes``;
+``held_cost``: ``user.held_bytes``), checked with tracemalloc so that the
+limit is what the server really holds. A message shared by many recipients
+(an /all) is counted in full by each: conservative, never under.
 
 Rules that keep it honest:
 
@@ -44,12 +46,25 @@ import collections
 from .escaping import escape
 from .framing import encode_frame
 
-__all__ = ["RECEIPT_COST", "Message", "Delivery"]
+__all__ = ["RECEIPT_COST", "Message", "Delivery", "receipt_cost", "held_cost"]
 
 #: Bytes of bookkeeping counted per receipt (a queued MSG awaiting write or
 #: /ack): the record, its slot in the receipt queue, its share of the
 #: Message. Measured with tracemalloc in tests/test_chat.py.
 RECEIPT_COST = 320
+
+
+def receipt_cost(msg, data):
+    """What a session holds for ``msg`` until it has it: the encoded
+    ``data`` queued or awaiting /ack, the text the Message keeps beside it
+    (a second copy), and the bookkeeping."""
+    return len(data) + _text_size(msg.text) + RECEIPT_COST
+
+
+def held_cost(msg):
+    """What an away user holds for ``msg``: its text and, counted as a
+    second copy of the same size, the encoding it may already have."""
+    return 2 * _text_size(msg.text) + RECEIPT_COST
 
 
 class Message:
@@ -184,7 +199,7 @@ class Delivery:
             if unacked is None:
                 unacked = t.unacked = {}
             unacked[msg.id] = (msg, self.now, t.enqueued + len(data))
-            t.receipt_bytes += len(data) + RECEIPT_COST
+            t.receipt_bytes += receipt_cost(msg, data)
             if len(unacked) > self.limits.max_unacked:
                 self._shed_oldest(t, "more than %d messages awaited its receipt"
                                   % self.limits.max_unacked)
@@ -194,13 +209,13 @@ class Delivery:
             if t.marks is None:
                 t.marks = collections.deque()
             t.marks.append((t.enqueued + len(data), msg, self.now))
-            t.receipt_bytes += len(data) + RECEIPT_COST
+            t.receipt_bytes += receipt_cost(msg, data)
             self._queue(t, data)
 
     def _hold(self, msg, u):
         """Keep ``msg`` for away user ``u`` until it resumes, within the
         same memory limit as a connection (max_queue)."""
-        cost = RECEIPT_COST + _text_size(msg.text)
+        cost = held_cost(msg)
         if u.held_bytes + cost > self.limits.max_queue:
             return self._failed(msg, "away-full", "away, with as much waiting as "
                                 "max-queue=%d bytes allows" % self.limits.max_queue)
@@ -214,7 +229,7 @@ class Delivery:
         been shown, it was never confirmed."""
         unacked = t.unacked
         msg = unacked.pop(next(iter(unacked)))[0]
-        t.receipt_bytes -= len(msg._frame) + RECEIPT_COST
+        t.receipt_bytes -= receipt_cost(msg, msg._frame)
         self._failed(msg, "no-receipt", why)
 
     def _expire_receipts(self, before):
@@ -282,7 +297,7 @@ class Delivery:
         if u.held:
             held.extend(u.held)
         u.held = held
-        u.held_bytes = sum(RECEIPT_COST + _text_size(m.text) for m in held)
+        u.held_bytes = sum(held_cost(m) for m in held)
 
     def _fail_held(self, s, reason):
         """``s`` ends for ``reason``: whatever it still holds fails, with a

@@ -38,7 +38,7 @@ import collections
 import hashlib
 import hmac
 
-from .delivery import RECEIPT_COST, Message, _text_size
+from .delivery import Message, held_cost
 from .framing import encode_frame
 
 __all__ = ["User", "Roster"]
@@ -373,5 +373,5 @@ class Roster:
                 if u.held is None:
                     u.held = collections.deque()
                 u.held.append(msg)
-                u.held_bytes += RECEIPT_COST + _text_size(msg.text)
+                u.held_bytes += held_cost(msg)
         return len(users), len(messages)

@@ -2,9 +2,11 @@
 
 Nothing here times anything: it checks that every scenario ran against
 every target, that the table has its rows, and that the runs delivered and
-acknowledged the messages they sent. The flood scenario's outcome (did the
-bystanders get their replies?) is the server's business, not the harness's:
-here it need only have run and counted. miniircd is never fetched here
+acknowledged the messages they sent. The flood and stall scenarios'
+outcomes (did the bystanders get their replies? who was cut off?) are the
+server's business, not the harness's: here they need only have run and
+counted. The restart scenario is checked in full: its harness is right
+only if every client resumed and got its held messages back. miniircd is never fetched here
 (--offline): it runs if an earlier bench cached it, and is skipped if not.
 """
 
@@ -50,6 +52,11 @@ def test_tiny_benchmark_runs_everything(tmp_path):
         "5 flood, one client sends /all x", "5 flood, one client sends /msg SOMEONE x",
         "5 flood, one client sends /help", "bystander /ping p99 ms", "readers dropped",
         "server peak RSS MiB", "syslog datagrams/msg",
+        "6 restart, N=10 users", "state file bytes", "state write ms",
+        "listening to every OK resume ms", "listening to every pair BACK ms",
+        "7 resume on vs off, P=2 pairs", "off / on CPU us/msg",
+        "8 stall, users that never read", "8 stall, framed users that never /ack",
+        "peak RSS growth MiB", "sum of their limits MiB", "stalled users cut off",
         "vs relay", "vs asyncio", "vs threads", "vs miniircd", "Targets",
     ):
         assert row in table, row
@@ -67,6 +74,10 @@ def test_tiny_benchmark_runs_everything(tmp_path):
         assert ("connections", target) in ran
     floods = {r["size"]: r["figures"] for r in runs if r["scenario"] == "flood"}
     assert sorted(floods) == ["all", "help", "msg"]
+    assert ("restart", "tcpchat/framed") in ran
+    assert ("resume-cost", "tcpchat/line-quiet") in ran
+    stalls = {r["size"]: r["figures"] for r in runs if r["scenario"] == "stall"}
+    assert sorted(stalls) == ["all", "unacked"]
     for r in runs:
         figures = r["figures"]
         assert "error" not in figures, (r["scenario"], r["target"], figures["error"])
@@ -80,6 +91,14 @@ def test_tiny_benchmark_runs_everything(tmp_path):
             assert figures["flood_sent_per_s"] > 0, figures
             assert figures["peak_rss_mib"] > 0, figures
             continue
+        if r["scenario"] == "stall":
+            assert figures["users"] == 4, figures
+            assert figures["sent"] > 0 and figures["peak_rss_mib"] > 0, figures
+            continue
+        if r["scenario"] == "restart":
+            # The old server saved what the new one restored, and everyone came back.
+            assert figures["state_messages"] == figures["restored_messages"] == 100, figures
+            assert figures["resumed"] == 10 and figures["state_bytes"] > 0, figures
         # Every message sent was delivered and acknowledged, every /who answered.
         assert figures["sent_ok"], (r["scenario"], r["target"], figures)
     syslog = [r["figures"] for r in runs if r["target"] == "tcpchat/line-syslog"]
