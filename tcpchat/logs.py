@@ -42,6 +42,7 @@ import logging
 import os
 import select
 import socket
+import stat
 import sys
 import time
 
@@ -49,6 +50,7 @@ __all__ = [
     "configure",
     "flush",
     "reopen",
+    "close",
     "escape",
     "MessageLog",
     "ErrorLimiter",
@@ -70,6 +72,11 @@ SYSLOG_WAIT = 0.1
 #: Bytes of syslog records held for later while the daemon is stuck: some
 #: seconds of a busy server's records. Beyond it the oldest are dropped.
 SYSLOG_BACKLOG = 4 << 20
+
+#: Bytes of log lines held for a stderr pipe that is not being read (the
+#: journal fallen behind, a stopped pager): beyond it the oldest lines are
+#: dropped, and counted, rather than the server stopping to wait.
+STDERR_BACKLOG = 4 << 20
 
 #: Syslog priorities for the daemon facility: 3 * 8 + severity.
 _SYSLOG_PRIORITY = {"DEBUG": 31, "INFO": 30, "WARNING": 28, "ERROR": 27, "CRITICAL": 26}
@@ -193,6 +200,78 @@ class _Stream:
 
     def close(self):
         pass
+
+
+class _PipeStream(_Stream):
+    """Stderr when it is a pipe or a socket (the journal under systemd).
+
+    A blocking write to a pipe nobody reads would stop the whole chat, for
+    everyone, because one client flooded the log. So the pipe is made
+    non-blocking: what it does not take waits in a backlog, tried again
+    every pass, and past STDERR_BACKLOG bytes the oldest lines are dropped
+    and counted; once the pipe takes everything again, one line says how
+    many were lost. At the end the backlog gets a bounded wait.
+    """
+
+    def __init__(self, stream, name):
+        super().__init__(stream, name)
+        self.fd = stream.fileno()
+        os.set_blocking(self.fd, False)
+        self.backlog = bytearray()
+        self.dropped = 0  # lines dropped since the last report
+
+    def write(self, text):
+        try:
+            self.stream.flush()  # anything written to sys.stderr directly goes first
+        except Exception:
+            pass
+        self.backlog += text.encode("utf-8", "backslashreplace")
+        self._send()
+        over = len(self.backlog) - STDERR_BACKLOG
+        if over > 0:
+            cut = self.backlog.find(b"\n", over) + 1 or len(self.backlog)
+            self.dropped += self.backlog.count(b"\n", 0, cut)
+            del self.backlog[:cut]
+        if self.dropped and not self.backlog:
+            self.backlog += ("%s WARNING %d log lines were dropped: stderr was not "
+                             "read fast enough\n" % (time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                      self.dropped)).encode()
+            self.dropped = 0
+            self._send()
+
+    def _send(self):
+        while self.backlog:
+            try:
+                n = os.write(self.fd, self.backlog)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self.backlog.clear()
+                self._failure(e)
+                return
+            del self.backlog[:n]
+
+    def close(self):
+        deadline = time.monotonic() + 2.0
+        while self.backlog and time.monotonic() < deadline:
+            select.select([], [self.fd], [], max(0.0, deadline - time.monotonic()))
+            self._send()
+        try:
+            os.set_blocking(self.fd, True)  # the pipe may be shared: leave it as found
+        except OSError:
+            pass
+
+
+def _stderr_output(stream):
+    """A pipe or socket gets the non-blocking writer; a terminal or a file
+    (which never make a write wait for a reader) the plain one."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return _Stream(stream, "stderr")  # not a real file: a test's StringIO
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return _PipeStream(stream, "stderr")
+    return _Stream(stream, "stderr")
 
 
 class _LogFile(_Stream):
@@ -552,6 +631,14 @@ def flush():
         _syslog.retry()  # a daemon that was stuck may read again
 
 
+def close():
+    """Write what is left and close the outputs (at the end of the server):
+    a stderr pipe that is behind gets a bounded wait."""
+    flush()
+    for out in _outputs:
+        out.close()
+
+
 def reopen():
     """Reopen ``--log-file``: after logrotate has moved it, say (SIGHUP).
 
@@ -598,7 +685,7 @@ def configure(level="info", log_file=None, syslog_address="/dev/log", log_text=T
     chat_level = getattr(logging, level.upper())
     logging.getLogger("tcpchat.chat").setLevel(chat_level)
 
-    _outputs.append(_Stream(sys.stderr if stderr is None else stderr, "stderr"))
+    _outputs.append(_stderr_output(sys.stderr if stderr is None else stderr))
     if log_file:
         _outputs.append(_LogFile(log_file))
     root.addHandler(_PassHandler())

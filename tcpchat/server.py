@@ -303,7 +303,7 @@ class Server:
                 try:
                     chat.work(now)
                 except Exception:  # a bug here must not end the service
-                    log.exception("internal error acting on held-back input")
+                    logs.internal_error(log, "internal error acting on held-back input")
             self._flush()
             flush_logs()
             if now >= next_tick:
@@ -313,7 +313,7 @@ class Server:
                         self._expire_handshakes(now)
                     chat.expire(now)
                 except Exception:  # a bug here must not end the service
-                    log.exception("internal error checking timeouts")
+                    logs.internal_error(log, "internal error checking timeouts")
                 self._expire_lingering(now)
                 if self._accept_paused_until and now >= self._accept_paused_until:
                     self._accept_paused_until = None
@@ -443,11 +443,14 @@ class Server:
 
     def _internal_error(self, s):
         """A bug met while serving ``s`` costs ``s`` only, never the loop."""
-        log.exception("internal error serving %s (%s); closing it", s.nick or "-", s.peer)
+        # Rate-limited: a bug a client can trigger at will must not let it
+        # fill the disk with tracebacks.
+        logs.internal_error(log, "internal error serving %s (%s); closing it",
+                            s.nick or "-", s.peer)
         try:
             self.chat.disconnect(s, "internal error")
         except Exception:
-            log.exception("and again while closing %s", s.peer)
+            logs.internal_error(log, "and again while closing %s", s.peer)
         self._close(s, linger=False)
 
     def _write(self, s):
@@ -564,7 +567,7 @@ class Server:
             try:
                 self.chat.disconnect(s, "server stopped")
             except Exception:
-                log.exception("internal error closing %s", s.peer)
+                logs.internal_error(log, "internal error closing %s", s.peer)
         self.chat.log.info("%s (%s) closed: %s", s.nick or "-", s.peer, s.closing)
         if linger and s.graceful and len(self._lingering) < LINGER_MAX:
             if t is not None:
@@ -976,7 +979,7 @@ def main(argv=None):
     if args.state_file and not save_state(chat, args.state_file):
         status = 1
     log.info("stopped")
-    logs.flush()
+    logs.close()
     return status
 
 

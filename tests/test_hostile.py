@@ -12,12 +12,13 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from serverproc import HOST, TIMEOUT, FrameClient, LineClient, ServerProcess
+from serverproc import HOST, REPO, TIMEOUT, FrameClient, LineClient, ServerProcess
 
 from tcpchat.protocol import HELP
 
@@ -295,3 +296,45 @@ def test_nc_users_get_escaped_text_programs_exact():
         a.send("/all " + evil)
         assert nc.expect("MSG") == "MSG 2 alice * ^[]52;c;aGk=^G^[[2J<U+202E>evil"
         assert prog.expect("MSG") == "MSG 2 alice * " + evil
+
+
+def test_a_stderr_nobody_reads_does_not_stall_the_chat():
+    # Under systemd stderr is the journal; if it falls behind, a blocking
+    # write of the log would stop the server for everyone. Here nobody
+    # reads the server's stderr pipe at all, and every message is logged.
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcpchat.server", "--host", HOST, "--port", "0",
+         "--no-syslog", "--log-file", os.devnull],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, cwd=REPO)
+    try:
+        port = None
+        line = b""
+        deadline = time.monotonic() + TIMEOUT
+        while port is None and time.monotonic() < deadline:
+            line += proc.stderr.read1(4096) if hasattr(proc.stderr, "read1") else b""
+            if b"listening on " in line and line.endswith(b"\n"):
+                port = int(line.split(b"listening on ")[1].split(b"\n")[0].rsplit(b":", 1)[1])
+        # From here on nobody reads stderr: the pipe (64 KiB) fills at once.
+        a = LineClient(HOST, port)
+        a.send("/nick alice")
+        b = LineClient(HOST, port)
+        b.send("/nick bob")
+        b.expect("OK nick bob")
+        text = "x" * 200
+        for burst in range(20):  # 20 x 100 logged messages of 200+ bytes: ~500 KiB
+            a.send_raw(("/msg bob %s\n" % text).encode() * 100)
+            b.send("/ping %d" % burst)
+            assert b.expect("PONG") == "PONG %d" % burst  # never stalled
+        # Read at last, stderr has every line: what the pipe did not take
+        # waited in the server's bounded backlog (tests/test_logs.py shows
+        # what happens past its bound).
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=TIMEOUT)[1]
+        assert b" message 2000 alice -> bob: " in rest
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -546,3 +546,38 @@ def test_no_client_can_forge_a_line_in_stderr_the_file_or_syslog(syslog, tmp_pat
         assert any("message 1 alice -> bob: hi\\n2026-01-01 00:00:00,000 INFO forged"
                    "\\r\\x1b]0;owned\\x07\\u202e" in line for line in where), where
         assert any("quit: bye" in line for line in where), where
+
+
+def test_a_stderr_pipe_nobody_reads_never_blocks_and_counts_what_it_drops(monkeypatch):
+    import fcntl
+
+    monkeypatch.setattr(logs, "STDERR_BACKLOG", 100000)
+    r, w = os.pipe()
+    fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)  # a small pipe
+    stream = os.fdopen(w, "w")
+    try:
+        out = logs._stderr_output(stream)
+        assert isinstance(out, logs._PipeStream)
+        line = "x" * 99 + "\n"
+        for _ in range(5000):  # 500 KB into a 4 KiB pipe nobody reads: never blocks
+            out.write(line)
+        assert len(out.backlog) <= 100000 + len(line)
+        assert out.dropped > 0
+        dropped = out.dropped
+        # The reader comes back: everything held arrives, then one line saying
+        # how many were lost.
+        got = b""
+        for _ in range(1000):
+            try:
+                os.set_blocking(r, False)
+                got += os.read(r, 65536)
+            except BlockingIOError:
+                pass
+            out.write("")
+            if b"were dropped" in got:
+                break
+        assert ("%d log lines were dropped" % dropped).encode() in got
+    finally:
+        out.close()
+        stream.close()
+        os.close(r)

@@ -60,3 +60,19 @@ def test_bug_on_output_closes_that_connection_only(loop):
     assert a.expect("AWAY doomed") == "AWAY doomed"
     a.send("/ping")
     assert a.expect("PONG") == "PONG"
+
+
+def test_tracebacks_are_rate_limited(loop, caplog):
+    import logging
+
+    from tcpchat import logs
+
+    before = logs.internal_error.suppressed
+    with caplog.at_level(logging.ERROR, logger="tcpchat.server"):
+        for _ in range(25):  # each /boom is an internal error and a traceback
+            bad = LineClient(HOST, loop)
+            bad.send("/boom")
+            bad.expect_closed()
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) <= logs.internal_error.burst
+    assert logs.internal_error.suppressed - before >= 25 - logs.internal_error.burst
