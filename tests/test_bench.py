@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_runs_everything(tmp_path):
     raw = tmp_path / "bench.json"
     proc = subprocess.run(

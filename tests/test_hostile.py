@@ -67,6 +67,7 @@ class Flooder(threading.Thread):
                 return
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flood", ["/all x\n", "/msg u0 x\n", "/help\n"])
 def test_a_flooder_slows_only_itself(flood):
     # --rate 2000: an /all to 20 readers costs 20 units, so about 100 go

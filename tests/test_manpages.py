@@ -378,6 +378,7 @@ def _run(cmd, env=None, timeout=300):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_pip_install_puts_the_pages_where_man_finds_them(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

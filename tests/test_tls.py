@@ -541,6 +541,7 @@ def test_a_full_server_says_so_inside_tls(pair, ca):
         assert alice.expect("PONG") == "PONG ok"
 
 
+@pytest.mark.slow
 def test_tls_benchmark_runs(tmp_path):
     # bench/ is in the checkout only (not in an sdist); tiny sizes, no timing.
     if not os.path.isfile(os.path.join(REPO, "bench", "tls.py")):
