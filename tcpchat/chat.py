@@ -28,8 +28,10 @@ of its own (it is handed ``now`` and a logger):
          chat.next_wakeup()              when work() has throttled input due
 
 Fairness. No client can make one loop pass long: each pass acts on at most
-PASS_BUDGET units of a connection's input (a unit is a message the server
-sends because of it, so an ``/all`` counts its recipients), and what is left
+PASS_BUDGET units of a connection's input (a unit is a message it makes the
+server send to someone else, or a line of a long answer such as /who, and
+every message costs at least one: an ``/all`` counts its recipients), and
+what is left
 stays in the connection's decoder, then in the kernel, until a later pass.
 Over a longer time, ``Limits.rate`` units a second (a token bucket holding
 one second's worth) apply backpressure to a flooder alone: the shell stops
@@ -75,7 +77,7 @@ import ipaddress
 import logging
 import secrets
 
-from .delivery import Delivery, Message, receipt_cost
+from .delivery import Delivery, Message
 from .escaping import escape
 from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
 from .protocol import (
@@ -236,7 +238,7 @@ class Session:
     def held(self):
         """Bytes the server holds for this connection (see Memory): its
         unwritten output, for each message it has yet to receive what
-        ``delivery.receipt_cost`` counts, and what the
+        ``delivery`` counts (its bytes and ``msg.cost``), and what the
         shell holds below the protocol (``transport_held``: TLS)."""
         return (self.enqueued - self.written + CHUNK_COST * len(self.out)
                 + self.receipt_bytes + self.transport_held)
@@ -288,7 +290,9 @@ class Chat(Roster, Delivery):
         self._throttled = []  # heap of (when, seq, Session): waiting for tokens
         self._throttle_seq = 0
         self._doomed = []
-        self._sends = 0  # messages ever queued: the measure of a command's cost
+        # Messages ever queued to others, and lines of long answers: what a
+        # command costs (see Fairness) is how much this grows while it runs.
+        self._sends = 0
         self._next_id = 1
         limits = self.limits
         self.max_text = limits.max_frame - MSG_HEADROOM  # bytes of chat text
@@ -384,7 +388,7 @@ class Chat(Roster, Delivery):
                 written = s.written
                 while marks and marks[0][0] <= written:
                     msg = marks.popleft()[1]
-                    s.receipt_bytes -= receipt_cost(msg, msg._line)
+                    s.receipt_bytes -= len(msg._line) + msg.cost
                     self._delivered(msg, s)
         s.backed_up = bool(out)
         if s.live and s.held() > self.limits.max_queue:
@@ -487,11 +491,11 @@ class Chat(Roster, Delivery):
         """Act on ``s``'s decoded input within this pass's budget."""
         decoder = s.decoder
         handle = self._handle
-        budget = PASS_BUDGET
         rate = self.limits.rate
         if rate and s.tokens < rate:
             self._refill(s)
         tokens = s.tokens if rate else float("inf")
+        budget = PASS_BUDGET
         pause = self._output_pause()
         held_back = None
         while True:
@@ -501,13 +505,15 @@ class Chat(Roster, Delivery):
             if budget <= 0:
                 held_back = "budget"
                 break
+            allowance = budget if budget < tokens else tokens
             # One at a time until registered: /nick raises the size limit,
             # so the next message must not be decoded before it is handled.
             items = decoder.take(budget if s.user is not None else 1)
             if not items:
                 break
-            for i, item in enumerate(items):
-                before = self._sends
+            start = self._sends
+            used = 0
+            for used_items, item in enumerate(items, 1):
                 if type(item) is bytes:
                     try:
                         text = item.decode("utf-8")
@@ -520,22 +526,21 @@ class Chat(Roster, Delivery):
                     self._error(s, item.code, item.detail)
                     if item.fatal:
                         self._close_after_flush(s, item.detail)
-                # What it cost: the messages it made, but for its own reply.
-                cost = self._sends - before - 1
-                if cost < 1:
-                    cost = 1
-                budget -= cost
-                tokens -= cost
                 if not s.live:
                     return  # it said /quit or was cut off: the rest is moot
+                # What it cost so far: what it made the server send, and at
+                # least one unit a message.
+                used = self._sends - start
+                if used < used_items:
+                    used = used_items
                 if s.enqueued - s.written > pause:
                     held_back = "output"
-                elif tokens < 1 or budget <= 0:
-                    pass  # said at the top of the next round
-                else:
+                elif used < allowance:
                     continue
-                decoder.putback(items[i + 1:])
+                decoder.putback(items[used_items:])
                 break
+            budget -= used
+            tokens -= used
             if held_back is not None:
                 break
         if rate:
@@ -760,7 +765,7 @@ class Chat(Roster, Delivery):
                 bad.append(word)
             else:
                 msg = entry[0]
-                s.receipt_bytes -= receipt_cost(msg, msg._frame)
+                s.receipt_bytes -= len(msg._frame) + msg.cost
                 self._delivered(msg, s)
         if bad:
             self._error(s, "no-such-message", "%s not awaiting your receipt" % " ".join(bad))
@@ -832,7 +837,20 @@ class Chat(Roster, Delivery):
     # ------------------------------------------------------ output
 
     def _reply(self, s, text):
-        self._queue(s, encode_frame(text.encode()) if s.framed else text.encode() + b"\n")
+        """One reply or event line to ``s``, framed as ``s`` speaks."""
+        # _queue's work, written out: this is the hot path, two or three
+        # times a chat message (SENT, DELIVERED).
+        if not s.live:
+            return
+        data = text.encode()
+        data = encode_frame(data) if s.framed else data + b"\n"
+        out = s.out
+        if not out:
+            self.flushable.append(s)
+        out.append(data)
+        s.enqueued += len(data)
+        if s.backed_up and s.held() > self.limits.max_queue:
+            self._overflow(s)
 
     def _reply_lines(self, s, lines):
         """Several replies as one chunk: an answer and its final line."""
@@ -840,13 +858,14 @@ class Chat(Roster, Delivery):
             data = b"".join([encode_frame(line.encode()) for line in lines])
         else:
             data = ("\n".join(lines) + "\n").encode()
-        self._queue(s, data, len(lines))
+        self._sends += len(lines)
+        self._queue(s, data)
 
     def _error(self, s, code, detail):
         self.log.info("%s (%s): ERR %s %s", s.nick or "-", s.peer, code, detail)
         self._reply(s, "ERR %s %s" % (code, detail))
 
-    def _queue(self, s, data, count=1):
+    def _queue(self, s, data):
         if not s.live:
             return
         out = s.out
@@ -854,7 +873,6 @@ class Chat(Roster, Delivery):
             self.flushable.append(s)
         out.append(data)
         s.enqueued += len(data)
-        self._sends += count
         # Only once a write has been tried and left output behind: a
         # client that reads is never cut off for a burst (see Memory).
         if s.backed_up and s.held() > self.limits.max_queue:

@@ -22,8 +22,8 @@ or certainly never was (``left``, ``slow-consumer``, ``shutdown``,
 
 Memory. Each receipt counts against its holder's ``max_queue`` with the
 message's encoded size, its text (the Message keeps both) and RECEIPT_COST
-of bookkeeping (``receipt_cost``: ``session.receipt_bytes``;
-``held_cost``: ``user.held_bytes``), checked with tracemalloc so that the
+of bookkeeping (``len(data) + msg.cost`` in ``session.receipt_bytes``;
+``held_cost`` in ``user.held_bytes``), checked with tracemalloc so that the
 limit is what the server really holds. A message shared by many recipients
 (an /all) is counted in full by each: conservative, never under.
 
@@ -46,7 +46,7 @@ import collections
 from .escaping import escape
 from .framing import encode_frame
 
-__all__ = ["RECEIPT_COST", "Message", "Delivery", "receipt_cost", "held_cost"]
+__all__ = ["RECEIPT_COST", "Message", "Delivery", "held_cost"]
 
 #: Bytes of bookkeeping counted per receipt (a queued MSG awaiting write or
 #: /ack): the record, its slot in the receipt queue, its share of the
@@ -54,29 +54,27 @@ __all__ = ["RECEIPT_COST", "Message", "Delivery", "receipt_cost", "held_cost"]
 RECEIPT_COST = 320
 
 
-def receipt_cost(msg, data):
-    """What a session holds for ``msg`` until it has it: the encoded
-    ``data`` queued or awaiting /ack, the text the Message keeps beside it
-    (a second copy), and the bookkeeping."""
-    return len(data) + _text_size(msg.text) + RECEIPT_COST
-
-
 def held_cost(msg):
     """What an away user holds for ``msg``: its text and, counted as a
     second copy of the same size, the encoding it may already have."""
-    return 2 * _text_size(msg.text) + RECEIPT_COST
+    return msg.cost + _text_size(msg.text)
 
 
 class Message:
     """One chat message on its way: who sent it, who still has to get it."""
 
-    __slots__ = ("id", "sender", "to", "text", "pending", "delivered", "_line", "_frame")
+    __slots__ = ("id", "sender", "to", "text", "cost", "pending", "delivered",
+                 "_line", "_frame")
 
     def __init__(self, msg_id, sender, to, text):
         self.id = msg_id
         self.sender = sender  # a User
         self.to = to  # the recipient's nick at send time, or "*"
         self.text = text
+        # What a receipt for it costs besides the encoded bytes it holds:
+        # the text the record keeps beside them, and the bookkeeping. A
+        # session holds ``len(data) + msg.cost`` for it (see Memory).
+        self.cost = _text_size(text) + RECEIPT_COST
         self.pending = 0  # receipts held, by recipients or by a fan-out
         self.delivered = 0
         # Encoded at most once per framing, however many recipients.
@@ -129,7 +127,12 @@ class Delivery:
         if self._log_messages:
             self._log_message(msg, text)
         self._reply(u.conn, "SENT %d %s 1" % (msg_id, t.nick))
-        self._deliver(msg, t)
+        c = t.conn
+        if c is not None and c.live:  # the usual case: straight to its connection
+            msg.pending = 1
+            self._deliver_to(msg, c)
+        else:
+            self._deliver(msg, t)
 
     def _send_all(self, u, text):
         users = self.users
@@ -193,13 +196,14 @@ class Delivery:
     def _deliver_to(self, msg, t):
         """Queue ``msg`` to session ``t`` with its receipt; ``msg.pending``
         already counts it."""
+        self._sends += 1
         if t.framed:
             data = msg.frame()
             unacked = t.unacked
             if unacked is None:
                 unacked = t.unacked = {}
             unacked[msg.id] = (msg, self.now, t.enqueued + len(data))
-            t.receipt_bytes += receipt_cost(msg, data)
+            t.receipt_bytes += len(data) + msg.cost
             if len(unacked) > self.limits.max_unacked:
                 self._shed_oldest(t, "more than %d messages awaited its receipt"
                                   % self.limits.max_unacked)
@@ -209,7 +213,7 @@ class Delivery:
             if t.marks is None:
                 t.marks = collections.deque()
             t.marks.append((t.enqueued + len(data), msg, self.now))
-            t.receipt_bytes += receipt_cost(msg, data)
+            t.receipt_bytes += len(data) + msg.cost
             self._queue(t, data)
 
     def _hold(self, msg, u):
@@ -229,7 +233,7 @@ class Delivery:
         been shown, it was never confirmed."""
         unacked = t.unacked
         msg = unacked.pop(next(iter(unacked)))[0]
-        t.receipt_bytes -= receipt_cost(msg, msg._frame)
+        t.receipt_bytes -= len(msg._frame) + msg.cost
         self._failed(msg, "no-receipt", why)
 
     def _expire_receipts(self, before):

@@ -188,6 +188,7 @@ class Roster:
             if u.asked is not None:
                 audience.add(u.asked)
         line = frame = None
+        self._sends += len(audience)
         for v in audience:
             c = v.conn
             if c is None or not c.live:
