@@ -266,11 +266,16 @@ class Chat(Roster, Delivery):
         if logger is None:
             self.log.addHandler(logging.NullHandler())
             self.log.propagate = False
-        # Each chat message is logged, so through a far cheaper path than
-        # ``logging`` when the shell gives one (logs.MessageLog).
-        self._message_log = message_log
-        # Checked once: a disabled log call on the hot path still costs.
-        self._log_messages = message_log is not None or self.log.isEnabledFor(logging.INFO)
+        # Each chat message is logged: through the shell's cheap message log
+        # (logs.MessageLog) when it gives one, through ``logging`` when that
+        # is at INFO, not at all otherwise. Decided once: a disabled log call
+        # on the hot path still costs. Called (id, peer, sender, to, text).
+        if message_log is not None:
+            self._log_message = message_log.message
+        elif self.log.isEnabledFor(logging.INFO):
+            self._log_message = self._log_through_logging
+        else:
+            self._log_message = None
         self._log_text = log_text
         self.sessions = set()
         self.users = {}  # key -> User

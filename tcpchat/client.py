@@ -1536,9 +1536,10 @@ class Client:
             handled.append(signal.SIGTSTP)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in handled}
         try:
-            self.notice("Connected to %s (%s). /help lists the commands, /quit leaves."
+            self.notice("Connected to %s (%s%s). /help lists the commands, /quit leaves."
                         % (_address(self.args.host, self.args.port),
-                           escape(parse_greeting(self.greeting)[0])))
+                           escape(parse_greeting(self.greeting)[0]),
+                           ", TLS" if getattr(self.args, "tls", False) else ""))
             if self.interactive and not self.args.nick:
                 self.notice("Choose a nick: 1-32 letters, digits, _ - or ., "
                             "starting with a letter.")

@@ -124,8 +124,9 @@ class Delivery:
         msg_id = self._next_id
         self._next_id = msg_id + 1
         msg = Message(msg_id, u, t.nick, text)
-        if self._log_messages:
-            self._log_message(msg, text)
+        log_message = self._log_message
+        if log_message is not None:
+            log_message(msg_id, u.conn.peer, u.nick, t.nick, text)
         self._reply(u.conn, "SENT %d %s 1" % (msg_id, t.nick))
         c = t.conn
         if c is not None and c.live:  # the usual case: straight to its connection
@@ -142,8 +143,8 @@ class Delivery:
             return
         msg = Message(self._next_id, u, "*", text)
         self._next_id += 1
-        if self._log_messages:
-            self._log_message(msg, text)
+        if self._log_message is not None:
+            self._log_message(msg.id, u.conn.peer, u.nick, "*", text)
         self._reply(u.conn, "SENT %d * %d" % (msg.id, len(users) - 1))
         deliver = self._deliver
         # The fan-out holds a receipt of its own (rule 3): a recipient that
@@ -167,15 +168,12 @@ class Delivery:
                     % (size, self.max_text))
         return True
 
-    def _log_message(self, msg, text):
-        u = msg.sender
-        peer = u.conn.peer  # it has just sent the message over it
-        if self._message_log is not None:
-            self._message_log.message(msg.id, peer, u.nick, msg.to, text)
-        elif self._log_text:
-            self.log.info("%s message %d %s -> %s: %s", peer, msg.id, u.nick, msg.to, text)
+    def _log_through_logging(self, msg_id, peer, sender, to, text):
+        """The message log without the shell's MessageLog (tests, embedders)."""
+        if self._log_text:
+            self.log.info("%s message %d %s -> %s: %s", peer, msg_id, sender, to, text)
         else:
-            self.log.info("%s message %d %s -> %s", peer, msg.id, u.nick, msg.to)
+            self.log.info("%s message %d %s -> %s", peer, msg_id, sender, to)
 
 
     # ---------------------------------------------------- receipts

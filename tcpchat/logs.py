@@ -525,20 +525,23 @@ class MessageLog:
         t = self._clock()
         if not self._start <= t < self._next:
             self._restamp(t)
+        # Only the text needs a look: the rest is the chat's own (an id, a
+        # peer address from the kernel, nicks valid_nick allows only of
+        # A-Z a-z 0-9 _ - .), and scanning the text alone halves the cost
+        # of the check on the hot path.
         if self._text:
-            body = f"{peer} message {msg_id} {sender} -> {to}: {text}"
+            if not text.isprintable() or "\\" in text:
+                text = escape(text)
+            line = f"{self._head}{peer} message {msg_id} {sender} -> {to}: {text}"
         else:
-            body = f"{peer} message {msg_id} {sender} -> {to}"
-        # The whole body, not just the text: no field can be forgotten.
-        if not body.isprintable() or "\\" in body:
-            body = escape(body)
-        line = self._head + body
+            line = f"{self._head}{peer} message {msg_id} {sender} -> {to}"
         p = self._pass
         p.lines.append(line)
         p.size += len(line)
         if p.size > MAX_PENDING:
             flush()
         if self._syslog is not None:
+            body = line[len(self._head):]
             self._syslog.send((self._syslog_head + body).encode())
 
     def _restamp(self, t):

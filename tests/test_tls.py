@@ -398,6 +398,7 @@ def test_client_verifies_with_a_private_ca_and_delivers(server, ca, tmp_path):
     assert p.returncode == 0, p.stdout.decode() + p.stderr.decode()
     assert bob.expect("MSG ").endswith(" ci bob sealed")
     assert '"sealed" delivered to bob' in (p.stdout + p.stderr).decode()
+    assert "(tcpchat/1, TLS)" in p.stderr.decode()  # the banner says it is private
 
 
 def test_client_trusts_the_system_store_with_tls_alone(server, ca, tmp_path):
