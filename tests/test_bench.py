@@ -105,3 +105,15 @@ def test_tiny_benchmark_runs_everything(tmp_path):
     syslog = [r["figures"] for r in runs if r["target"] == "tcpchat/line-syslog"]
     # One datagram a message reached the bench's syslog socket.
     assert syslog and all(f["syslog_per_msg"] >= 1 for f in syslog), syslog
+
+
+def test_the_core_driver_sends_and_logs_every_message(tmp_path):
+    for extra in ([], ["--log"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.core", "--rounds", "1"] + extra,
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            universal_newlines=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        # 50 pairs, both ends, 200 messages each: the driver counts them.
+        assert proc.stdout.startswith("20000 messages, "), proc.stdout
