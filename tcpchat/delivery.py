@@ -74,7 +74,7 @@ class Message:
         # What a receipt for it costs besides the encoded bytes it holds:
         # the text the record keeps beside them, and the bookkeeping. A
         # session holds ``len(data) + msg.cost`` for it (see Memory).
-        self.cost = _text_size(text) + RECEIPT_COST
+        self.cost = (len(text) if text.isascii() else 4 * len(text)) + RECEIPT_COST  # _text_size
         self.pending = 0  # receipts held, by recipients or by a fan-out
         self.delivered = 0
         # Encoded at most once per framing, however many recipients.
@@ -92,16 +92,20 @@ class Message:
         """
         data = self._line
         if data is None:
-            head = "MSG %d %s %s " % (self.id, self.sender.nick, self.to)
             text = self.text
-            if "\n" in text:
-                lines = text.split("\n")
-                text = ("\n" + head).join(
-                    escape(line[:-1] if line[-1:] == "\r" else line) for line in lines
-                )
-            elif not (text.isascii() and text.isprintable()):
-                text = escape(text)  # printable ASCII, the usual, needs none
-            data = self._line = (head + text + "\n").encode()
+            if text.isascii() and text.isprintable():  # the usual: needs nothing
+                data = f"MSG {self.id} {self.sender.nick} {self.to} {text}\n".encode()
+            else:
+                head = f"MSG {self.id} {self.sender.nick} {self.to} "
+                if "\n" in text:
+                    lines = text.split("\n")
+                    text = ("\n" + head).join(
+                        escape(line[:-1] if line[-1:] == "\r" else line) for line in lines
+                    )
+                else:
+                    text = escape(text)
+                data = (head + text + "\n").encode()
+            self._line = data
         return data
 
     def frame(self):
@@ -127,7 +131,7 @@ class Delivery:
         log_message = self._log_message
         if log_message is not None:
             log_message(msg_id, u.conn.peer, u.nick, t.nick, text)
-        self._reply(u.conn, "SENT %d %s 1" % (msg_id, t.nick))
+        self._reply(u.conn, f"SENT {msg_id} {t.nick} 1")
         c = t.conn
         if c is not None and c.live:  # the usual case: straight to its connection
             msg.pending = 1
@@ -259,7 +263,7 @@ class Delivery:
         if msg.to != "*":
             snd = msg.sender.conn
             if snd is not None and snd.live:  # the usual case, first
-                self._reply(snd, "DELIVERED %d %s" % (msg.id, msg.to))
+                self._reply(snd, f"DELIVERED {msg.id} {msg.to}")
             else:
                 self._tell_later(msg.sender, "DELIVERED %d %s" % (msg.id, msg.to))
         elif msg.pending == 0:
