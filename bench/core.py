@@ -13,7 +13,9 @@ and divide the difference by the messages the extra rounds sent:
     done
     # instructions a message = (Ir(3) - Ir(1)) / (2 * 2 * PAIRS * BATCH)
 
-(the setup is the same in both, so it cancels out). ``--log`` logs every
+(the setup is the same in both, so it cancels out). ``--framed`` makes every
+client speak framed mode, each recipient acknowledging all it got in one
+``/ack`` as tcpchat-client does. ``--log`` logs every
 message through the server's MessageLog to a file, as the defaults do, to
 count what logging costs. An older tcpchat is measured the same way by
 putting its checkout first: ``PYTHONPATH=../old python -m bench.core``
@@ -29,6 +31,7 @@ import time
 
 from tcpchat import logs
 from tcpchat.chat import Chat, Limits
+from tcpchat.framing import encode_frame
 
 PAIRS = 50
 BATCH = 200
@@ -36,7 +39,9 @@ TEXT = "x" * 32
 
 
 def drain(chat):
-    """Take everything queued as written, as a fast network would."""
+    """Take everything queued as written, as a fast network would; framed
+    recipients then acknowledge all they got in one /ack, as the bench's
+    load generator and tcpchat-client do."""
     # getattr: an older tcpchat (no budgets) can be measured the same way.
     while chat.flushable or getattr(chat, "backlog", None):
         if getattr(chat, "backlog", None):
@@ -46,6 +51,10 @@ def drain(chat):
             if s.out:
                 chat.sent(s, sum(len(chunk) for chunk in s.out))
         chat.to_close = []
+        for s in pending:
+            if s.framed and s.unacked:
+                ids = " ".join(map(str, s.unacked))
+                chat.receive(s, encode_frame(("/ack " + ids).encode()))
 
 
 def connect(chat, port):
@@ -59,6 +68,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.core", description=__doc__.split(
         "\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--framed", action="store_true",
+                        help="every client speaks framed mode (and acknowledges)")
     parser.add_argument("--log", action="store_true",
                         help="log every message to a file, as the server's defaults do")
     args = parser.parse_args(argv)
@@ -75,11 +86,17 @@ def main(argv=None):
     batches = {}
     for i in range(PAIRS):
         a, b = (connect(chat, 2 * i + 1024 + j) for j in (0, 1))
-        chat.receive(a, b"/nick a%d\n" % i)
-        chat.receive(b, b"/nick b%d\n" % i)
+        if args.framed:
+            chat.receive(a, b"\0" + encode_frame(b"/nick a%d" % i))
+            chat.receive(b, b"\0" + encode_frame(b"/nick b%d" % i))
+            batches[a] = encode_frame(("/msg b%d %s" % (i, TEXT)).encode()) * BATCH
+            batches[b] = encode_frame(("/msg a%d %s" % (i, TEXT)).encode()) * BATCH
+        else:
+            chat.receive(a, b"/nick a%d\n" % i)
+            chat.receive(b, b"/nick b%d\n" % i)
+            batches[a] = ("/msg b%d %s\n" % (i, TEXT)).encode() * BATCH
+            batches[b] = ("/msg a%d %s\n" % (i, TEXT)).encode() * BATCH
         drain(chat)
-        batches[a] = ("/msg b%d %s\n" % (i, TEXT)).encode() * BATCH
-        batches[b] = ("/msg a%d %s\n" % (i, TEXT)).encode() * BATCH
     started = time.process_time()
     sent = 0
     for _ in range(args.rounds):
@@ -89,8 +106,9 @@ def main(argv=None):
         drain(chat)
         logs.flush()
     cpu = time.process_time() - started
-    print("%d messages, %.2f us of CPU a message%s" % (
-        sent, cpu / sent * 1e6, " (logged)" if args.log else ""))
+    print("%d messages, %.2f us of CPU a message%s%s" % (
+        sent, cpu / sent * 1e6, " (framed)" if args.framed else "",
+        " (logged)" if args.log else ""))
     return 0
 
 
