@@ -14,7 +14,8 @@ log file at the end of the loop pass that logged it:
   the ``logging`` module (a LogRecord, handler locks, a formatter per
   handler) cost more than the chat work of the message itself, so messages
   skip it: ``MessageLog.message`` formats the line straight into the pass
-  buffer. Everything rare (connections, errors, start and stop) goes
+  buffer, and reads the clock once a pass and every RESTAMP_EVERY lines,
+  not for every line. Everything rare (connections, errors, start and stop) goes
   through ``logging`` into the same buffer, so the lines stay in order.
 * No one can forge a line: every record's text is passed through
   ``escape``, which shows line breaks, terminal controls and invisible
@@ -63,6 +64,8 @@ __all__ = [
 #: which escaping can make up to ten times longer: \U000e0041 for one
 #: invisible character).
 MAX_PENDING = 1 << 20
+#: Message lines that share one reading of the clock, at most (see MessageLog).
+RESTAMP_EVERY = 64
 
 #: Seconds a syslog daemon that has fallen behind may go without reading
 #: while the server waits for it, before it is taken for stuck and no
@@ -163,11 +166,16 @@ class StampFormatter(EscapingFormatter):
 class _Pass:
     """What this loop pass logged, for every output at once."""
 
-    __slots__ = ("lines", "size")
+    __slots__ = ("lines", "size", "head", "unstamped")
 
     def __init__(self):
         self.lines = []  # lines for stderr and the file, without newlines
         self.size = 0  # characters in them
+        # The time stamp and level that begin a message line, and how many
+        # more lines may use it before the clock is read again (see
+        # MessageLog): 0 at the start of every pass.
+        self.head = ""
+        self.unstamped = 0
 
 
 _pass = _Pass()
@@ -505,8 +513,7 @@ class MessageLog:
     time stamp and level as every other record, and is escaped the same way.
     """
 
-    __slots__ = ("_text", "_pass", "_syslog", "_syslog_head", "_stamp", "_clock", "_start",
-                 "_next", "_head")
+    __slots__ = ("_text", "_pass", "_syslog", "_syslog_head", "_stamp", "_clock")
 
     def __init__(self, text=True, syslog=False, clock=time.time):
         self._text = text  # False: no message text in the log (--no-log-text)
@@ -517,14 +524,18 @@ class MessageLog:
             self._syslog_head = "<30>%sINFO " % _syslog.head
         self._stamp = _Stamp()
         self._clock = clock
-        self._start = self._next = 0.0  # the millisecond ``_head`` is for
-        self._head = ""
 
     def message(self, msg_id, peer, sender, to, text):
         """Log chat message ``msg_id`` from ``sender`` on ``peer`` to ``to``."""
-        t = self._clock()
-        if not self._start <= t < self._next:
-            self._restamp(t)
+        # The clock is read for the first line of a pass and then once every
+        # RESTAMP_EVERY lines, not for each: reading and comparing it was a
+        # third of this method's cost. A line's time is the time of the
+        # first line stamped with it, early by the work done since within
+        # the same pass: usually a fraction of a millisecond.
+        p = self._pass
+        p.unstamped -= 1
+        if p.unstamped < 0:
+            self._restamp()
         # Only the text needs a look: the rest is the chat's own (an id, a
         # peer address from the kernel, nicks valid_nick allows only of
         # A-Z a-z 0-9 _ - .), and scanning the text alone halves the cost
@@ -532,25 +543,23 @@ class MessageLog:
         if self._text:
             if not text.isprintable() or "\\" in text:
                 text = escape(text)
-            line = f"{self._head}{peer} message {msg_id} {sender} -> {to}: {text}"
+            line = f"{p.head}{peer} message {msg_id} {sender} -> {to}: {text}"
         else:
-            line = f"{self._head}{peer} message {msg_id} {sender} -> {to}"
-        p = self._pass
+            line = f"{p.head}{peer} message {msg_id} {sender} -> {to}"
         p.lines.append(line)
         p.size += len(line)
         if p.size > MAX_PENDING:
             flush()
         if self._syslog is not None:
-            body = line[len(self._head):]
+            body = line[len(p.head):]
             self._syslog.send((self._syslog_head + body).encode())
 
-    def _restamp(self, t):
-        # A new stamp once a millisecond; or at once if the clock is set back.
+    def _restamp(self):
+        t = self._clock()
         second = int(t)
-        msecs = int((t - second) * 1000)
-        self._start = second + msecs / 1000
-        self._next = second + (msecs + 1) / 1000
-        self._head = self._stamp(second, msecs) + " INFO "
+        p = self._pass
+        p.head = self._stamp(second, int((t - second) * 1000)) + " INFO "
+        p.unstamped = RESTAMP_EVERY - 1
 
 
 # ------------------------------------------------------------ the server's
@@ -630,6 +639,7 @@ def flush():
         for out in _outputs:
             out.write(text)
     p.size = 0
+    p.unstamped = 0  # a new pass: the next message line reads the clock
     if _syslog is not None and _syslog.backlog:
         _syslog.retry()  # a daemon that was stuck may read again
 

@@ -174,6 +174,29 @@ def test_a_message_line_is_stamped_like_any_record(stderr):
         assert stderr.getvalue().splitlines()[-1] == expected
 
 
+def test_message_lines_read_the_clock_once_a_pass_or_every_restamp_every(stderr):
+    ml = configure(stderr)
+    readings = []
+
+    def clock():
+        readings.append(1700000000.0 + len(readings))  # a second later each time
+        return readings[-1]
+
+    ml._clock = clock
+    count = logs.RESTAMP_EVERY + 2
+    for i in range(count):
+        ml.message(i, "127.0.0.1:1000", "alice", "bob", "hi")
+    logs.flush()
+    ml.message(99, "127.0.0.1:1000", "alice", "bob", "next pass")
+    logs.flush()
+    seconds = [line.split(",")[0][-2:] for line in stderr.getvalue().splitlines()]
+    # The first RESTAMP_EVERY lines share the first reading, the rest of
+    # the pass the second; the next pass reads the clock again at once.
+    assert len(readings) == 3
+    assert seconds == [seconds[0]] * logs.RESTAMP_EVERY + [seconds[-2]] * 2 + [seconds[-1]]
+    assert len(set(seconds)) == 3
+
+
 def test_no_log_text_leaves_the_text_out(stderr):
     ml = configure(stderr, log_text=False)
     ml.message(3, "127.0.0.1:1000", "alice", "bob", "top secret")
