@@ -79,7 +79,7 @@ import secrets
 
 from .delivery import Delivery, Message
 from .escaping import escape
-from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame
+from .framing import FRAMED_MARKER, FrameDecoder, LineDecoder, encode_frame, frame_header
 from .protocol import (
     HELP,
     MSG_HEADROOM,
@@ -848,7 +848,7 @@ class Chat(Roster, Delivery):
         if not s.live:
             return
         data = text.encode()
-        data = encode_frame(data) if s.framed else data + b"\n"
+        data = frame_header(len(data)) + data if s.framed else data + b"\n"
         out = s.out
         if not out:
             self.flushable.append(s)

@@ -44,7 +44,7 @@ This is a mixin of ``tcpchat.chat.Chat``: it uses the chat's output
 import collections
 
 from .escaping import escape
-from .framing import encode_frame
+from .framing import frame_header
 
 __all__ = ["RECEIPT_COST", "Message", "Delivery", "held_cost"]
 
@@ -112,8 +112,8 @@ class Message:
         """The MSG as one frame: the exact text."""
         data = self._frame
         if data is None:
-            text = "MSG %d %s %s %s" % (self.id, self.sender.nick, self.to, self.text)
-            data = self._frame = encode_frame(text.encode())
+            data = f"MSG {self.id} {self.sender.nick} {self.to} {self.text}".encode()
+            data = self._frame = frame_header(len(data)) + data
         return data
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "FrameDecoder",
     "encode_line",
     "encode_frame",
+    "frame_header",
 ]
 
 #: The first byte a framed client sends. It is consumed and not a message.
@@ -51,6 +52,10 @@ FRAMED_MARKER = 0
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
+#: ``frame_header(n)``: the 4 bytes that begin a frame of ``n`` payload
+#: bytes. The hot path writes ``frame_header(len(p)) + p`` itself, a Python
+#: call fewer per frame than ``encode_frame``.
+frame_header = _HEADER.pack
 
 
 class FramingError:
@@ -257,4 +262,4 @@ def encode_line(text):
 
 def encode_frame(payload):
     """One framed message around ``payload`` (bytes)."""
-    return _HEADER.pack(len(payload)) + payload
+    return frame_header(len(payload)) + payload
