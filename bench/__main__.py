@@ -16,7 +16,7 @@ from bench import procs, report
 from bench.scenarios import PLANS, TARGETS, Runner
 
 SCENARIOS = ("throughput", "latency", "fanout", "connections", "flood", "restart",
-             "resume-cost", "stall")
+             "resume-cost", "stall", "versus")
 #: In a --markdown file, this heading and all after it are notes written by
 #: hand (findings, earlier runs): kept when the file is written again.
 NOTES = "## Notes kept between runs"

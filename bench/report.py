@@ -87,6 +87,18 @@ ROWS = {
         ("runs of each (medians)", "repeats", COUNT, False),
         ("load generator CPU", "lg_cpu", PERCENT, False),
     ]),
+    "versus": ("9 versus miniircd", "P=%d pairs, line mode, alternated runs, medians", [
+        ("tcpchat defaults: confirmed msg/s", "line_per_s", RATE, False),
+        ("tcpchat warning: confirmed msg/s", "quiet_per_s", RATE, False),
+        ("miniircd: delivered msg/s", "miniircd_per_s", RATE, False),
+        ("defaults / miniircd", "line_ratio", FRACTION, False),
+        ("warning / miniircd", "quiet_ratio", FRACTION, False),
+        ("tcpchat defaults: server CPU us/msg", "line_cpu_us", MICROS, False),
+        ("tcpchat warning: server CPU us/msg", "quiet_cpu_us", MICROS, False),
+        ("miniircd: server CPU us/msg", "miniircd_cpu_us", MICROS, False),
+        ("runs of each (medians)", "repeats", COUNT, False),
+        ("load generator CPU", "lg_cpu", PERCENT, False),
+    ]),
     "stall": ("8 stall", "%s; --rate 0", [
         ("stalled users", "users", COUNT, False),
         ("sum of their limits MiB", "limits_mib", MIB, False),
@@ -114,7 +126,7 @@ ROWS = {
     ]),
 }
 ORDER = ("throughput", "latency", "fanout", "connections", "flood", "restart", "resume-cost",
-         "stall")
+         "stall", "versus")
 #: Scenarios whose sizes are named variants: their labels, in table order.
 VARIANTS = {"flood": FLOODS, "stall": STALLS}
 #: Rows shown only when some run has the figure (syslog: one target only).
@@ -338,7 +350,8 @@ def targets_met(results, plan):
                 worst[0], worst[1], worst[2], ", ".join(
                     "%s P=%d %.2fx" % (short(t), n, v) for v, t, n in ratios)))
     # miniircd confirms nothing: tcpchat's figure is what it both delivered
-    # and confirmed, miniircd's what it delivered.
+    # and confirmed, miniircd's what it delivered. Judged on the versus
+    # scenario's medians when it ran; else on the throughput table's runs.
     for goal, target, factor in (("miniircd", "tcpchat/line", 1.0),
                                  ("miniircd-quiet", "tcpchat/line-quiet", 1.5)):
         for n, t, r, by in runs("throughput", MINIIRCD_PAIRS, (target,)):
@@ -348,10 +361,22 @@ def targets_met(results, plan):
                 x = mine / base["delivered_per_s"]
                 # Rates depend on how much of the shared cores each server
                 # got; the CPU each spent per message says it another way.
-                found[goal] = (x >= factor, "%.2fx (%s %s msg/s, miniircd %s msg/s, P=%d; "
-                               "server CPU per message %.2f us vs %.2f us)" % (
+                found[goal] = (x >= factor, "%.2fx in one run (%s %s msg/s, miniircd %s msg/s, "
+                               "P=%d; server CPU per message %.2f us vs %.2f us)" % (
                                    x, target, fmt(mine, RATE), fmt(base["delivered_per_s"], RATE),
                                    n, r["cpu_us_per_msg"], base["cpu_us_per_msg"]))
+        for n, t, r, _ in runs("versus", MINIIRCD_PAIRS, ("tcpchat/line",)):
+            name = "line" if target == "tcpchat/line" else "quiet"
+            x = r[name + "_ratio"]
+            if x is not None:
+                found[goal] = (x >= factor, "%.2fx, the median of %d alternated runs (%s %s "
+                               "msg/s, miniircd %s msg/s, P=%d; server CPU per message %.2f us "
+                               "vs %.2f us; single runs: %s against %s)" % (
+                                   x, r["repeats"], target, fmt(r[name + "_per_s"], RATE),
+                                   fmt(r["miniircd_per_s"], RATE), n, r[name + "_cpu_us"],
+                                   r["miniircd_cpu_us"],
+                                   ", ".join(fmt(v, RATE) for v in r[name + "_runs_per_s"]),
+                                   ", ".join(fmt(v, RATE) for v in r["miniircd_runs_per_s"])))
     for goal, loud, quiet in (("log", ("tcpchat/line", "tcpchat/framed"),
                                ("tcpchat/line-quiet", "tcpchat/framed-quiet")),
                               ("syslog", ("tcpchat/line-syslog",), ("tcpchat/line-quiet",))):

@@ -50,6 +50,10 @@ BASELINES = ("relay", "asyncio", "threads", "miniircd")
 ONLY_THROUGHPUT = ("tcpchat/line-syslog", "miniircd")
 #: The flood scenario: tcpchat in line mode, as installed.
 FLOOD_TARGETS = ("tcpchat/line",)
+#: Issue 12's comparison with miniircd, alternated: tcpchat at its defaults,
+#: at --log-level warning, and miniircd, in this order each round. The
+#: result is filed under the first.
+VERSUS_TARGETS = ("tcpchat/line", "tcpchat/line-quiet", "miniircd")
 #: Flood variants: what the flooder sends, the reply line it counts, and how
 #: many of those answer one command. "SOMEONE" is a well-behaved reader.
 FLOODS = collections.OrderedDict([
@@ -70,21 +74,21 @@ PLANS = {
         "lat_clients": 1000, "lat_rate": 10, "lat_duration": 10.0,
         "fanout": (100, 1000, 10000), "connections": (1000, 10000), "who": 10,
         "flood_readers": 200, "flood_duration": 10.0, "flood_drain": 5.0, "flood_rate": 20,
-        "flood_stop": 5.0,
+        "flood_stop": 5.0, "versus_pairs": 100, "versus_repeats": 3,
     },
     "quick": {
         "pairs": (10, 100), "warmup": 0.3, "duration": 1.0,
         "lat_clients": 1000, "lat_rate": 10, "lat_duration": 2.0,
         "fanout": (100, 1000), "connections": (1000,), "who": 5,
         "flood_readers": 200, "flood_duration": 3.0, "flood_drain": 3.0, "flood_rate": 20,
-        "flood_stop": 5.0,
+        "flood_stop": 5.0, "versus_pairs": 100, "versus_repeats": 2,
     },
     "tiny": {
         "pairs": (2,), "warmup": 0.1, "duration": 0.3,
         "lat_clients": 10, "lat_rate": 10, "lat_duration": 0.3,
         "fanout": (5,), "connections": (10,), "who": 2,
         "flood_readers": 5, "flood_duration": 0.3, "flood_drain": 0.5, "flood_rate": 20,
-        "flood_stop": 0.5,
+        "flood_stop": 0.5, "versus_pairs": 2, "versus_repeats": 1,
         # The -quiet runs differ from the defaults by a server option only,
         # which the throughput runs prove works.
         "quiet_beyond_throughput": False,
@@ -117,6 +121,11 @@ FLOOD_READERS_PER_LOAD = 200
 # Connections a load process opens at once to miniircd, whose listen
 # backlog is 5: more and the kernel drops SYNs, retried a second later.
 MINIIRCD_CONCURRENCY = 4
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
 
 
 def percentile(samples, q, missing=0):
@@ -265,6 +274,38 @@ class Runner(SessionScenarios):
             "errors": sum(r["errors"] for r in replies),
             "window": window,
         }
+
+    # -- scenario 9 -------------------------------------------------------
+
+    def versus(self, target, pairs):
+        """The throughput run of each of VERSUS_TARGETS in turn, repeated;
+        medians of each. One run each is at the mercy of what the shared
+        machine does meanwhile (single runs of the same code have differed
+        by a third); alternating and taking medians is not."""
+        self.miniircd_script()  # BenchSkip at once, before any run, without it
+        runs = {t: [] for t in VERSUS_TARGETS}
+        for _ in range(self.plan["versus_repeats"]):
+            for t in VERSUS_TARGETS:
+                result = self.throughput(t, pairs)
+                if "error" in result:
+                    raise BenchError("%s: %s" % (t, result["error"]))
+                runs[t].append(result)
+        out = {}
+        for t, name in zip(VERSUS_TARGETS, ("line", "quiet", "miniircd")):
+            # tcpchat's rate is what it delivered and confirmed; miniircd
+            # confirms nothing, so its rate is what it delivered.
+            rates = [x["delivered_per_s"] if x["confirmed_per_s"] is None
+                     else min(x["delivered_per_s"], x["confirmed_per_s"]) for x in runs[t]]
+            out[name + "_per_s"] = median(rates)
+            out[name + "_cpu_us"] = median([x["cpu_us_per_msg"] for x in runs[t]])
+            out[name + "_runs_per_s"] = rates
+        base = out["miniircd_per_s"]
+        out["line_ratio"] = out["line_per_s"] / base if base else None
+        out["quiet_ratio"] = out["quiet_per_s"] / base if base else None
+        out["repeats"] = len(runs[target])
+        out["lg_cpu"] = max(x["lg_cpu"] for r in runs.values() for x in r)
+        out["sent_ok"] = all(x["sent_ok"] for t in VERSUS_TARGETS[:2] for x in runs[t])
+        return out
 
     # -- scenario 2 -------------------------------------------------------
 
@@ -505,5 +546,9 @@ class Runner(SessionScenarios):
                     if target in FLOOD_TARGETS:
                         results.setdefault(("flood", variant), {})[target] = self.run(
                             "flood", target, variant, self.flood)
+        if "versus" in scenarios and all(t in self.targets for t in VERSUS_TARGETS):
+            pairs = plan["versus_pairs"]
+            results.setdefault(("versus", pairs), {})[VERSUS_TARGETS[0]] = self.run(
+                "versus", VERSUS_TARGETS[0], pairs, self.versus)
         self.run_sessions(scenarios, results)
         return results

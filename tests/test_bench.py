@@ -57,6 +57,7 @@ def test_tiny_benchmark_runs_everything(tmp_path):
         "listening to every OK resume ms", "listening to every pair BACK ms",
         "7 resume on vs off, P=2 pairs", "off / on CPU us/msg",
         "8 stall, users that never read", "8 stall, framed users that never /ack",
+        "9 versus miniircd, P=2 pairs",
         "peak RSS growth MiB", "sum of their limits MiB", "stalled users cut off",
         "vs relay", "vs asyncio", "vs threads", "vs miniircd", "Targets",
     ):
@@ -79,14 +80,22 @@ def test_tiny_benchmark_runs_everything(tmp_path):
     assert ("resume-cost", "tcpchat/line-quiet") in ran
     stalls = {r["size"]: r["figures"] for r in runs if r["scenario"] == "stall"}
     assert sorted(stalls) == ["all", "unacked"]
+    assert ("versus", "tcpchat/line") in ran
     for r in runs:
         figures = r["figures"]
         assert "error" not in figures, (r["scenario"], r["target"], figures["error"])
         if "skipped" in figures:
-            # Only miniircd may be missing, and only for want of a copy.
-            assert r["target"] == "miniircd", (r, figures)
+            # Only miniircd may be missing (and the comparison with it),
+            # and only for want of a copy.
+            assert r["target"] == "miniircd" or r["scenario"] == "versus", (r, figures)
+            assert "miniircd" in figures["skipped"], figures
             assert "not available" in figures["skipped"], figures
             continue
+        if r["scenario"] == "versus":
+            # One run of each, alternated: the medians are those runs.
+            assert figures["repeats"] == 1, figures
+            assert figures["line_per_s"] > 0 and figures["miniircd_per_s"] > 0, figures
+            assert figures["line_ratio"] == figures["line_per_s"] / figures["miniircd_per_s"]
         if r["scenario"] == "flood":
             assert figures["readers"] == 5, figures
             assert figures["flood_sent_per_s"] > 0, figures
@@ -108,7 +117,7 @@ def test_tiny_benchmark_runs_everything(tmp_path):
 
 
 def test_the_core_driver_sends_and_logs_every_message(tmp_path):
-    for extra in ([], ["--log"]):
+    for extra in ([], ["--log"], ["--framed"]):
         proc = subprocess.run(
             [sys.executable, "-m", "bench.core", "--rounds", "1"] + extra,
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
