@@ -32,6 +32,7 @@ registration timeout); a failed one ends that connection alone.
 
 import argparse
 import errno
+import gc
 import logging
 import os
 import selectors
@@ -101,6 +102,16 @@ READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
 log = logging.getLogger("tcpchat.server")
+
+#: The cyclic garbage collector's first threshold: tracked objects allocated
+#: between two young collections (Python's default is 700). A chat message
+#: makes a few (its record, its receipt) that live until a pass has written
+#: them, so at 700 nearly every young collection traversed messages still in
+#: flight and promoted them, to be traversed again in the older generations:
+#: 5 to 7 per cent of the server's CPU at 100 and 1,000 pairs in the
+#: throughput bench. At 50,000 most are gone before the collector looks.
+#: What it still finds is the rare cycle (a closed session and its user).
+GC_THRESHOLD = 50000
 
 
 def format_address(host, port):
@@ -974,6 +985,7 @@ def main(argv=None):
     if server.tls_address:
         log.info("tcpchat-server %s listening for TLS on %s", __version__, server.tls_address)
     logs.flush()  # now, not after the first pass: supervisors wait for it
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     server.serve_forever()
     status = 0
     if args.state_file and not save_state(chat, args.state_file):
