@@ -74,7 +74,8 @@ class Message:
         # What a receipt for it costs besides the encoded bytes it holds:
         # the text the record keeps beside them, and the bookkeeping. A
         # session holds ``len(data) + msg.cost`` for it (see Memory).
-        self.cost = (len(text) if text.isascii() else 4 * len(text)) + RECEIPT_COST  # _text_size
+        # (_text_size, written out: this runs once a message.)
+        self.cost = (len(text) if text.isascii() else 4 * len(text)) + RECEIPT_COST
         self.pending = 0  # receipts held, by recipients or by a fan-out
         self.delivered = 0
         # Encoded at most once per framing, however many recipients.
