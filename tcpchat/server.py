@@ -77,6 +77,13 @@ LINGER_BYTES = 65536
 LINGER_MAX = 1024
 #: Buffers handed to one sendmsg(); Linux's IOV_MAX is 1024.
 IOV_MAX = 1024
+#: Output up to this many bytes is joined and sent as one buffer: the
+#: kernel takes one 40-byte line of a gather list at about twice the cost of
+#: the same bytes copied once into a joined buffer (0.13-0.18 against
+#: 0.07-0.09 us a line over a socketpair here), and a pipelining client's
+#: output is many such lines. Larger output goes by sendmsg() without the
+#: copy, as the kernel takes only what its send buffer holds.
+JOIN_MAX = 262144
 #: Connections accepted per listener readiness, so that a connection storm
 #: cannot starve the clients already here of a loop pass.
 ACCEPT_BATCH = 256
@@ -472,6 +479,8 @@ class Server:
         try:
             if len(out) == 1:
                 n = sock.send(out[0])
+            elif s.enqueued - s.written <= JOIN_MAX:
+                n = sock.send(b"".join(out))
             else:
                 n = sock.sendmsg(islice(out, IOV_MAX))
         except (BlockingIOError, InterruptedError):
