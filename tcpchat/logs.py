@@ -203,6 +203,9 @@ class _Stream:
             self._failed = True
             _complain("%s %s failed: %s" % (doing, self.name, e))
 
+    def retry(self):
+        """A pass that logged nothing: write what waits, if anything does."""
+
     def reopen(self):
         pass
 
@@ -216,7 +219,7 @@ class _PipeStream(_Stream):
     A blocking write to a pipe nobody reads would stop the whole chat, for
     everyone, because one client flooded the log. So the pipe is made
     non-blocking: what it does not take waits in a backlog, tried again
-    every pass, and past STDERR_BACKLOG bytes the oldest lines are dropped
+    every pass (``flush``, even one that logged nothing), and past STDERR_BACKLOG bytes the oldest lines are dropped
     and counted; once the pipe takes everything again, one line says how
     many were lost. At the end the backlog gets a bounded wait.
     """
@@ -246,6 +249,13 @@ class _PipeStream(_Stream):
                                                       self.dropped)).encode()
             self.dropped = 0
             self._send()
+
+    def retry(self):
+        # Without this, lines the pipe did not take would wait for the next
+        # line logged, however long the server stays quiet: the loop wakes
+        # at least every TICK, so they go as soon as the reader reads.
+        if self.backlog or self.dropped:
+            self.write("")
 
     def _send(self):
         while self.backlog:
@@ -638,6 +648,9 @@ def flush():
         lines.clear()  # in place: a MessageLog may hold this list
         for out in _outputs:
             out.write(text)
+    else:
+        for out in _outputs:
+            out.retry()
     p.size = 0
     p.unstamped = 0  # a new pass: the next message line reads the clock
     if _syslog is not None and _syslog.backlog:

@@ -604,3 +604,38 @@ def test_a_stderr_pipe_nobody_reads_never_blocks_and_counts_what_it_drops(monkey
         out.close()
         stream.close()
         os.close(r)
+
+
+def test_lines_a_stderr_pipe_did_not_take_go_out_without_new_ones(monkeypatch):
+    # The server logs a burst the pipe cannot hold, then goes quiet: what
+    # waits must still reach the reader once it reads, with no new line
+    # logged to push it (the loop calls flush() every pass, busy or not).
+    import fcntl
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)  # a small pipe
+    stream = os.fdopen(w, "w")
+    try:
+        ml = logs.configure("info", None, None, stderr=stream)
+        assert isinstance(logs._outputs[0], logs._PipeStream)
+        for i in range(200):
+            ml.message(i, "127.0.0.1:1000", "alice", "bob", "x" * 100)
+        logging.getLogger("tcpchat.server").info("the last line")
+        logs.flush()
+        assert logs._outputs[0].backlog  # more than the pipe holds
+        got = b""
+        os.set_blocking(r, False)
+        for _ in range(1000):  # bounded: each round reads up to 64 KiB
+            try:
+                got += os.read(r, 65536)
+            except BlockingIOError:
+                pass
+            logs.flush()  # a pass that logged nothing
+            if b"the last line" in got:
+                break
+        assert b"the last line" in got
+        assert got.count(b" message ") == 200
+    finally:
+        logs.configure("info", None, None, stderr=io.StringIO())
+        stream.close()
+        os.close(r)
