@@ -16,7 +16,7 @@ from bench import miniircd
 from tcpchat.protocol import HELP
 from bench.procs import (BenchError, BenchSkip, LoadProcess, RssSampler, ServerProcess,
                          run_all)
-from bench.sessions import SESSION_PLANS, SessionScenarios
+from bench.sessions import SESSION_PLANS, SessionScenarios, median
 
 Target = collections.namedtuple("Target", "server dialect confirm variant")
 
@@ -121,11 +121,6 @@ FLOOD_READERS_PER_LOAD = 200
 # Connections a load process opens at once to miniircd, whose listen
 # backlog is 5: more and the kernel drops SYNs, retried a second later.
 MINIIRCD_CONCURRENCY = 4
-
-
-def median(values):
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
 
 
 def percentile(samples, q, missing=0):

@@ -116,7 +116,7 @@ def _ms(ns):
     return ns / 1e6 if ns is not None else None
 
 
-def _median(values):
+def median(values):
     values = sorted(values)
     return values[len(values) // 2] if values else None
 
@@ -263,8 +263,8 @@ class SessionScenarios:
                 runs.append(result)
         out = {}
         for name, runs in (("on", on), ("off", off)):
-            out[name + "_per_s"] = _median([x["delivered_per_s"] for x in runs])
-            out[name + "_cpu_us"] = _median([x["cpu_us_per_msg"] for x in runs])
+            out[name + "_per_s"] = median([x["delivered_per_s"] for x in runs])
+            out[name + "_cpu_us"] = median([x["cpu_us_per_msg"] for x in runs])
             out[name + "_runs_cpu_us"] = [x["cpu_us_per_msg"] for x in runs]
             out[name + "_runs_per_s"] = [x["delivered_per_s"] for x in runs]
         out["rate_ratio"] = out["on_per_s"] / out["off_per_s"] if out["off_per_s"] else None
