@@ -389,12 +389,14 @@ class Chat(Roster, Delivery):
                         out[0] = memoryview(out[0])[nbytes:]
                         break
             marks = s.marks
-            if marks:
+            if marks and marks[0][0] <= s.written:
                 written = s.written
+                delivered = []
                 while marks and marks[0][0] <= written:
                     msg = marks.popleft()[1]
                     s.receipt_bytes -= len(msg._line) + msg.cost
-                    self._delivered(msg, s)
+                    delivered.append(msg)
+                self._delivered(delivered)
         s.backed_up = bool(out)
         if s.live and s.held() > self.limits.max_queue:
             self._overflow(s)
@@ -764,6 +766,7 @@ class Chat(Roster, Delivery):
                 return self._error(s, "usage", "/ack ID [ID ...]: an ID is a number from MSG")
         unacked = s.unacked or {}
         bad = []
+        delivered = []
         for word in words:
             entry = unacked.pop(int(word), None)
             if entry is None:
@@ -771,7 +774,8 @@ class Chat(Roster, Delivery):
             else:
                 msg = entry[0]
                 s.receipt_bytes -= len(msg._frame) + msg.cost
-                self._delivered(msg, s)
+                delivered.append(msg)
+        self._delivered(delivered)
         if bad:
             self._error(s, "no-such-message", "%s not awaiting your receipt" % " ".join(bad))
 
@@ -858,12 +862,17 @@ class Chat(Roster, Delivery):
             self._overflow(s)
 
     def _reply_lines(self, s, lines):
-        """Several replies as one chunk: an answer and its final line."""
+        """Several replies as one chunk: an answer and its final line. Each
+        line counts toward what the command costs (see Fairness)."""
+        self._sends += len(lines)
+        self._reply_run(s, lines)
+
+    def _reply_run(self, s, lines):
+        """Several reply or event lines to ``s`` as one chunk."""
         if s.framed:
             data = b"".join([encode_frame(line.encode()) for line in lines])
         else:
             data = ("\n".join(lines) + "\n").encode()
-        self._sends += len(lines)
         self._queue(s, data)
 
     def _error(self, s, code, detail):

@@ -258,17 +258,43 @@ class Delivery:
 
     # ---------------------------------------------------- outcomes
 
-    def _delivered(self, msg, t):
-        msg.delivered += 1
-        msg.pending -= 1
-        if msg.to != "*":
-            snd = msg.sender.conn
-            if snd is not None and snd.live:  # the usual case, first
-                self._reply(snd, f"DELIVERED {msg.id} {msg.to}")
-            else:
+    def _delivered(self, msgs):
+        """Each of ``msgs`` has reached one recipient (written to it in line
+        mode, acknowledged by it framed): DELIVERED to each sender, or
+        counted toward its /all's summary.
+
+        The receipts of one read or one /ack mostly come from one sender
+        (the partner, a conversation), so a run of DELIVERED lines to one
+        connection is queued as one chunk: one encoding and one entry in
+        its output for the run, not one per message, as this runs for
+        every message sent.
+        """
+        to = None  # the connection the run of ``lines`` goes to
+        lines = []
+        for msg in msgs:
+            msg.delivered += 1
+            msg.pending -= 1
+            if msg.to != "*":
+                snd = msg.sender.conn
+                if snd is not None and snd.live:  # the usual case, first
+                    if snd is not to:
+                        if lines:
+                            self._reply_run(to, lines)
+                            lines = []
+                        to = snd
+                    lines.append(f"DELIVERED {msg.id} {msg.to}")
+                    continue
+                if lines:  # every line in the order its outcome came
+                    self._reply_run(to, lines)
+                    lines = []
                 self._tell_later(msg.sender, "DELIVERED %d %s" % (msg.id, msg.to))
-        elif msg.pending == 0:
-            self._summary(msg)
+            elif msg.pending == 0:
+                if lines:
+                    self._reply_run(to, lines)
+                    lines = []
+                self._summary(msg)
+        if lines:
+            self._reply_run(to, lines)
 
     def _failed(self, msg, code, text):
         """One recipient will not confirm ``msg``. NICK in the FAILED line

@@ -203,6 +203,43 @@ def test_private_message_line_mode_is_delivered_when_written(net):
     assert a.read() == ["SENT 1 bob 1", "DELIVERED 1 bob"]
 
 
+def test_receipts_of_one_write_reach_each_sender_in_order(net):
+    # DELIVERED lines from one write are queued a run per sender: each
+    # sender still reads its own outcomes, in the order they came about,
+    # an /all's summary among them.
+    a, b = two(net)
+    c = net.connect("carol")
+    a.read(), b.read()
+    c.stalled = True
+    a.send("/msg carol one")
+    a.send("/msg carol two")
+    a.send("/all three")
+    b.send("/msg carol four")
+    a.send("/msg carol five")
+    assert b.read() == ["MSG 3 alice * three", "SENT 4 carol 1"]
+    assert a.read() == ["SENT 1 carol 1", "SENT 2 carol 1", "SENT 3 * 2", "SENT 5 carol 1"]
+    net.unstall(c)
+    assert [m.split()[1] for m in c.read()] == ["1", "2", "3", "4", "5"]
+    assert a.read() == ["DELIVERED 1 carol", "DELIVERED 2 carol", "DELIVERED 3 * 2",
+                        "DELIVERED 5 carol"]
+    assert b.read() == ["DELIVERED 4 carol"]
+
+
+def test_one_ack_of_several_senders_tells_each_in_ack_order(net):
+    a, b = two(net)
+    c = net.connect("carol", framed=True)
+    a.read(), b.read()
+    a.send("/msg carol one")
+    b.send("/msg carol two")
+    a.send("/msg carol three")
+    assert len(c.read()) == 3
+    a.read(), b.read()
+    c.send("/ack 3 2 1")
+    assert c.read() == []
+    assert a.read() == ["DELIVERED 3 carol", "DELIVERED 1 carol"]
+    assert b.read() == ["DELIVERED 2 carol"]
+
+
 def test_w_is_msg_and_commands_ignore_case(net):
     a, b = two(net)
     a.send("/W bob psst")
