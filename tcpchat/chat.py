@@ -523,7 +523,7 @@ class Chat(Roster, Delivery):
             for used_items, item in enumerate(items, 1):
                 if type(item) is bytes:
                     try:
-                        text = item.decode("utf-8")
+                        text = item.decode()  # UTF-8, strict
                     except UnicodeDecodeError as e:
                         self._error(s, "bad-utf8",
                                     "not UTF-8 at byte %d, message ignored" % e.start)
@@ -589,11 +589,11 @@ class Chat(Roster, Delivery):
     def _handle(self, s, text):
         first = text[0]
         if first == "/":
-            if text[1:2] == "/":  # //TEXT is the chat text /TEXT
-                self._chat_text(s, text[1:])
-                return
             word, _, rest = text.partition(" ")
             command = self._commands.get(word)
+            if command is None and text[1:2] == "/":  # //TEXT is the chat text /TEXT
+                self._chat_text(s, text[1:])
+                return
             if command is None or rest[:1] in (" ", "\t"):
                 # Anything but "/word arg" in lower case takes the exact
                 # path: any case, tabs, runs of separators.
