@@ -51,7 +51,7 @@ __all__ = ["RECEIPT_COST", "Message", "Delivery", "held_cost"]
 #: Bytes of bookkeeping counted per receipt (a queued MSG awaiting write or
 #: /ack): the record, its slot in the receipt queue, its share of the
 #: Message. Measured with tracemalloc in tests/test_chat.py.
-RECEIPT_COST = 320
+RECEIPT_COST = 384
 
 
 def held_cost(msg):
@@ -63,11 +63,13 @@ def held_cost(msg):
 class Message:
     """One chat message on its way: who sent it, who still has to get it."""
 
-    __slots__ = ("id", "sender", "to", "text", "cost", "pending", "delivered",
+    __slots__ = ("id", "id_text", "sender", "to", "text", "cost", "pending", "delivered",
                  "_line", "_frame")
 
     def __init__(self, msg_id, sender, to, text):
         self.id = msg_id
+        # In decimal once: SENT, MSG, DELIVERED and the log line each say it.
+        self.id_text = str(msg_id)
         self.sender = sender  # a User
         self.to = to  # the recipient's nick at send time, or "*"
         self.text = text
@@ -95,9 +97,9 @@ class Message:
         if data is None:
             text = self.text
             if text.isascii() and text.isprintable():  # the usual: needs nothing
-                data = f"MSG {self.id} {self.sender.nick} {self.to} {text}\n".encode()
+                data = f"MSG {self.id_text} {self.sender.nick} {self.to} {text}\n".encode()
             else:
-                head = f"MSG {self.id} {self.sender.nick} {self.to} "
+                head = f"MSG {self.id_text} {self.sender.nick} {self.to} "
                 if "\n" in text:
                     lines = text.split("\n")
                     text = ("\n" + head).join(
@@ -113,7 +115,7 @@ class Message:
         """The MSG as one frame: the exact text."""
         data = self._frame
         if data is None:
-            data = f"MSG {self.id} {self.sender.nick} {self.to} {self.text}".encode()
+            data = f"MSG {self.id_text} {self.sender.nick} {self.to} {self.text}".encode()
             data = self._frame = frame_header(len(data)) + data
         return data
 
@@ -131,8 +133,8 @@ class Delivery:
         msg = Message(msg_id, u, t.nick, text)
         log_message = self._log_message
         if log_message is not None:
-            log_message(msg_id, u.conn.peer, u.nick, t.nick, text)
-        self._reply(u.conn, f"SENT {msg_id} {t.nick} 1")
+            log_message(msg.id_text, u.conn.peer, u.nick, t.nick, text)
+        self._reply(u.conn, f"SENT {msg.id_text} {t.nick} 1")
         c = t.conn
         if c is not None and c.live:  # the usual case: straight to its connection
             msg.pending = 1
@@ -149,7 +151,7 @@ class Delivery:
         msg = Message(self._next_id, u, "*", text)
         self._next_id += 1
         if self._log_message is not None:
-            self._log_message(msg.id, u.conn.peer, u.nick, "*", text)
+            self._log_message(msg.id_text, u.conn.peer, u.nick, "*", text)
         self._reply(u.conn, "SENT %d * %d" % (msg.id, len(users) - 1))
         deliver = self._deliver
         # The fan-out holds a receipt of its own (rule 3): a recipient that
@@ -176,9 +178,9 @@ class Delivery:
     def _log_through_logging(self, msg_id, peer, sender, to, text):
         """The message log without the shell's MessageLog (tests, embedders)."""
         if self._log_text:
-            self.log.info("%s message %d %s -> %s: %s", peer, msg_id, sender, to, text)
+            self.log.info("%s message %s %s -> %s: %s", peer, msg_id, sender, to, text)
         else:
-            self.log.info("%s message %d %s -> %s", peer, msg_id, sender, to)
+            self.log.info("%s message %s %s -> %s", peer, msg_id, sender, to)
 
 
     # ---------------------------------------------------- receipts
@@ -282,7 +284,7 @@ class Delivery:
                             self._reply_run(to, lines)
                             lines = []
                         to = snd
-                    lines.append(f"DELIVERED {msg.id} {msg.to}")
+                    lines.append(f"DELIVERED {msg.id_text} {msg.to}")
                     continue
                 if lines:  # every line in the order its outcome came
                     self._reply_run(to, lines)
