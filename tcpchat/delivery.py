@@ -208,18 +208,24 @@ class Delivery:
             if unacked is None:
                 unacked = t.unacked = {}
             unacked[msg.id] = (msg, self.now, t.enqueued + len(data))
-            t.receipt_bytes += len(data) + msg.cost
             if len(unacked) > self.limits.max_unacked:
                 self._shed_oldest(t, "more than %d messages awaited its receipt"
                                   % self.limits.max_unacked)
-            self._queue(t, data)
         else:
             data = msg.line()
-            if t.marks is None:
-                t.marks = collections.deque()
-            t.marks.append((t.enqueued + len(data), msg, self.now))
-            t.receipt_bytes += len(data) + msg.cost
-            self._queue(t, data)
+            marks = t.marks
+            if marks is None:
+                marks = t.marks = collections.deque()
+            marks.append((t.enqueued + len(data), msg, self.now))
+        t.receipt_bytes += len(data) + msg.cost
+        # _queue's work, written out: this runs for every message.
+        out = t.out
+        if not out:
+            self.flushable.append(t)
+        out.append(data)
+        t.enqueued += len(data)
+        if t.backed_up and t.held() > self.limits.max_queue:
+            self._overflow(t)
 
     def _hold(self, msg, u):
         """Keep ``msg`` for away user ``u`` until it resumes, within the
