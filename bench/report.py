@@ -88,6 +88,7 @@ ROWS = {
         ("load generator CPU", "lg_cpu", PERCENT, False),
     ]),
     "versus": ("9 versus miniircd", "P=%d pairs, line mode, alternated runs, medians", [
+        ("messages in flight per connection", "window", COUNT, False),
         ("tcpchat defaults: confirmed msg/s", "line_per_s", RATE, False),
         ("tcpchat warning: confirmed msg/s", "quiet_per_s", RATE, False),
         ("miniircd: delivered msg/s", "miniircd_per_s", RATE, False),
