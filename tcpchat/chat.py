@@ -594,7 +594,7 @@ class Chat(Roster, Delivery):
             if command is None and text[1:2] == "/":  # //TEXT is the chat text /TEXT
                 self._chat_text(s, text[1:])
                 return
-            if command is None or rest[:1] in (" ", "\t"):
+            if command is None or (rest and rest[0] in SEPARATORS):
                 # Anything but "/word arg" in lower case takes the exact
                 # path: any case, tabs, runs of separators.
                 word, sent_word, rest = split_command(text)
