@@ -6,8 +6,9 @@ Every record is one line, formatted once, and written to stderr and the
 log file at the end of the loop pass that logged it:
 
 * Records go into one pass buffer as they happen; ``flush()``, which the
-  server calls once per loop pass, writes the buffer to stderr and to the
-  log file with one write each. A pass is short, so a line is at most that
+  server calls once per loop pass, encodes the buffer once and writes the
+  bytes to stderr and to the log file with one ``os.write`` each (no text
+  layer, no second encoding: a busy pass logs a megabyte). A pass is short, so a line is at most that
   pass late; MAX_PENDING bounds what one pass may hold. Syslog gets each
   record as it happens, one datagram each (see ``_Syslog``).
 * A chat message is the hot path: the chat logs every one. A record through
@@ -184,17 +185,27 @@ _syslog = None  # the syslog socket, if any
 
 
 class _Stream:
-    """A text stream written once a pass: stderr."""
+    """Stderr on a terminal or a file, written once a pass, or a stream with
+    no descriptor (a test's StringIO)."""
 
     def __init__(self, stream, name):
         self.stream = stream
         self.name = name
         self._failed = False
-
-    def write(self, text):
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            self.fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self.fd = None
+
+    def write(self, data):
+        """Write ``data``, the pass's lines encoded (bytes)."""
+        try:
+            if self.fd is None:
+                self.stream.write(data.decode("utf-8"))
+                self.stream.flush()
+                return
+            self.stream.flush()  # anything written to sys.stderr directly goes first
+            _write_all(self.fd, data)
         except Exception as e:
             self._failure(e)
 
@@ -213,6 +224,14 @@ class _Stream:
         pass
 
 
+def _write_all(fd, data):
+    """os.write until all of ``data`` is written: a terminal or a file,
+    where a write may be cut short but never has to wait for a reader."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _PipeStream(_Stream):
     """Stderr when it is a pipe or a socket (the journal under systemd).
 
@@ -226,17 +245,25 @@ class _PipeStream(_Stream):
 
     def __init__(self, stream, name):
         super().__init__(stream, name)
-        self.fd = stream.fileno()
         os.set_blocking(self.fd, False)
         self.backlog = bytearray()
         self.dropped = 0  # lines dropped since the last report
 
-    def write(self, text):
+    def write(self, data):
         try:
             self.stream.flush()  # anything written to sys.stderr directly goes first
         except Exception:
             pass
-        self.backlog += text.encode("utf-8", "backslashreplace")
+        if not self.backlog and data:
+            # The usual case: the pipe takes it all, with no copy on our side.
+            try:
+                data = data[os.write(self.fd, data):]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as e:
+                self._failure(e)
+                return
+        self.backlog += data
         self._send()
         over = len(self.backlog) - STDERR_BACKLOG
         if over > 0:
@@ -255,7 +282,7 @@ class _PipeStream(_Stream):
         # line logged, however long the server stays quiet: the loop wakes
         # at least every TICK, so they go as soon as the reader reads.
         if self.backlog or self.dropped:
-            self.write("")
+            self.write(b"")
 
     def _send(self):
         while self.backlog:
@@ -296,20 +323,22 @@ class _LogFile(_Stream):
     """``--log-file``, appended to; reopened when logrotate moves it, or on ``reopen``."""
 
     def __init__(self, path):
-        super().__init__(None, path)
-        self.path = path
+        self.name = self.path = path
+        self._failed = False
+        self.fd = None
         self._identity = None
         self._open()
 
     def _open(self):
-        stream = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
-        st = os.fstat(stream.fileno())
-        old, self.stream = self.stream, stream
+        # O_APPEND: every write lands at the end, even with another writer.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        st = os.fstat(fd)
+        old, self.fd = self.fd, fd
         self._identity = (st.st_dev, st.st_ino)
         if old is not None:
-            old.close()
+            os.close(old)
 
-    def write(self, text):
+    def write(self, data):
         # Once a pass, not a stat() per record: has the file been moved?
         try:
             st = os.stat(self.path)
@@ -318,7 +347,10 @@ class _LogFile(_Stream):
             moved = True
         if moved:
             self.reopen()
-        super().write(text)
+        try:
+            _write_all(self.fd, data)
+        except OSError as e:
+            self._failure(e)
 
     def reopen(self):
         try:
@@ -329,9 +361,9 @@ class _LogFile(_Stream):
             self._failed = False
 
     def close(self):
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class _Syslog:
@@ -644,10 +676,12 @@ def flush():
     lines = p.lines
     if lines:
         lines.append("")  # the last newline, without copying the text again
-        text = "\n".join(lines)
+        # Encoded once for every output; escaping left nothing unencodable
+        # but what a handler let through, and that becomes an escape too.
+        data = "\n".join(lines).encode("utf-8", "backslashreplace")
         lines.clear()  # in place: a MessageLog may hold this list
         for out in _outputs:
-            out.write(text)
+            out.write(data)
     else:
         for out in _outputs:
             out.retry()

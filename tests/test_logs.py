@@ -271,6 +271,24 @@ def test_the_file_gets_what_stderr_gets(stderr, tmp_path):
     assert path.read_text().count("\n") == 2
 
 
+def test_stderr_on_a_file_gets_the_lines_after_what_was_written_to_it_directly(tmp_path):
+    # A terminal or a file: the lines go out with os.write, under the text
+    # stream; what was written through the stream itself (a warning) and
+    # still sits in its buffer must come first.
+    stream = open(str(tmp_path / "stderr"), "w", encoding="utf-8")
+    try:
+        ml = logs.configure("info", None, None, stderr=stream)
+        stream.write("written directly\n")
+        ml.message(1, "127.0.0.1:1000", "alice", "bob", "caf\u00e9 \u043f\u0440\u0438")
+        logs.flush()
+        lines = (tmp_path / "stderr").read_text(encoding="utf-8").splitlines()
+        assert lines[0] == "written directly"
+        assert lines[1].endswith(" message 1 alice -> bob: caf\u00e9 \u043f\u0440\u0438")
+    finally:
+        logs.configure("info", None, None, stderr=io.StringIO())
+        stream.close()
+
+
 def test_log_file_follows_logrotate(stderr, tmp_path):
     path = tmp_path / "server.log"
     ml = configure(stderr, log_file=str(path))
@@ -581,7 +599,7 @@ def test_a_stderr_pipe_nobody_reads_never_blocks_and_counts_what_it_drops(monkey
     try:
         out = logs._stderr_output(stream)
         assert isinstance(out, logs._PipeStream)
-        line = "x" * 99 + "\n"
+        line = b"x" * 99 + b"\n"  # what flush() hands an output: encoded lines
         for _ in range(5000):  # 500 KB into a 4 KiB pipe nobody reads: never blocks
             out.write(line)
         assert len(out.backlog) <= 100000 + len(line)
@@ -596,7 +614,7 @@ def test_a_stderr_pipe_nobody_reads_never_blocks_and_counts_what_it_drops(monkey
                 got += os.read(r, 65536)
             except BlockingIOError:
                 pass
-            out.write("")
+            out.write(b"")
             if b"were dropped" in got:
                 break
         assert ("%d log lines were dropped" % dropped).encode() in got
