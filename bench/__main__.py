@@ -183,6 +183,11 @@ HOW = """## How the figures are taken
   refilled in one batch when half of it is confirmed. Delivered = MSG lines
   read by recipients, confirmed = DELIVERED (tcpchat) or SENT (baselines)
   read by senders, counted over the measured seconds after a warm-up.
+  tcpchat's five variants run three times at each size (once in a quick
+  run), one after another; each cell shows the run with the median server
+  CPU per message. Logging's cost is judged run by run: tcpchat/line less
+  tcpchat/line-quiet of the same round, the median of the rounds. The
+  baselines run once.
 - Versus miniircd: the throughput run at 100 pairs with 1,000 messages in
   flight per connection (the issue's load: "100 pairs pipelining 1,000
   messages each"), tcpchat at its defaults, tcpchat at warning and

@@ -7,7 +7,7 @@ import platform
 import math
 
 from bench.scenarios import BASELINES, FLOODS, TCPCHAT, TCPCHAT_MAIN
-from bench.sessions import STALLS
+from bench.sessions import STALLS, median
 
 # A run whose load generator used at least this share of a core was limited
 # by the generator: its figures are lower bounds for the server.
@@ -25,6 +25,7 @@ ROWS = {
         ("syslog datagrams/msg", "syslog_per_msg", FRACTION, False),
         ("server CPU busy", "server_busy", PERCENT, False),
         ("load generator CPU", "lg_cpu", PERCENT, False),
+        ("runs (the median shown)", "repeats", COUNT, False),
     ]),
     "latency": ("2 latency", "%d clients x 10 msg/s", [
         ("send-to-MSG p50 ms", "msg_p50_ms", MILLIS, True),
@@ -382,14 +383,22 @@ def targets_met(results, plan):
                                ("tcpchat/line-quiet", "tcpchat/framed-quiet")),
                               ("syslog", ("tcpchat/line-syslog",), ("tcpchat/line-quiet",))):
         costs = []
+        repeats = set()
         for n, t, r, by in runs("throughput", targets=loud):
             q = quiet[loud.index(t)]
             if q in by and ok(by[q]):
-                costs.append((r["cpu_us_per_msg"] - by[q]["cpu_us_per_msg"], t, n))
+                # Run by run: each round ran the two one after the other,
+                # under the same conditions; the median difference stands.
+                pairs = list(zip(r.get("cpu_runs", [r["cpu_us_per_msg"]]),
+                                 by[q].get("cpu_runs", [by[q]["cpu_us_per_msg"]])))
+                repeats.add(len(pairs))
+                costs.append((median([a - b for a, b in pairs]), t, n))
         if costs:
             worst = max(costs)
-            found[goal] = (worst[0] <= 1.0, "worst +%.2f us (%s, P=%d); %s" % (
-                worst[0], worst[1], worst[2], ", ".join(
+            how = ("the median of %d alternated runs' differences" % max(repeats)
+                   if max(repeats) > 1 else "one run each")
+            found[goal] = (worst[0] <= 1.0, "worst +%.2f us (%s, P=%d), %s; %s" % (
+                worst[0], worst[1], worst[2], how, ", ".join(
                     "%s P=%d +%.2f" % (short(t), n, v) for v, t, n in costs)))
     conns = list(runs("connections", 10000))
     if conns:

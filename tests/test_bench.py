@@ -96,6 +96,12 @@ def test_tiny_benchmark_runs_everything(tmp_path):
             assert figures["repeats"] == 1, figures
             assert figures["line_per_s"] > 0 and figures["miniircd_per_s"] > 0, figures
             assert figures["line_ratio"] == figures["line_per_s"] / figures["miniircd_per_s"]
+        if r["scenario"] == "throughput":
+            # tcpchat's variants twice, alternated (the tiny plan), the
+            # baselines once; the run shown is one of those that ran.
+            repeats = 2 if r["target"].startswith("tcpchat/") else 1
+            assert figures["repeats"] == len(figures["cpu_runs"]) == repeats, figures
+            assert figures["cpu_us_per_msg"] in figures["cpu_runs"], figures
         if r["scenario"] == "flood":
             assert figures["readers"] == 5, figures
             assert figures["flood_sent_per_s"] > 0, figures
