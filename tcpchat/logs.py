@@ -8,8 +8,9 @@ log file at the end of the loop pass that logged it:
 * Records go into one pass buffer as they happen; ``flush()``, which the
   server calls once per loop pass, encodes the buffer once and writes the
   bytes to stderr and to the log file with one ``os.write`` each (no text
-  layer, no second encoding: a busy pass logs a megabyte). A pass is short, so a line is at most that
-  pass late; MAX_PENDING bounds what one pass may hold. Syslog gets each
+  layer, no second encoding: a busy pass logs a megabyte). A pass is
+  short, so a line is at most that pass late; MAX_PENDING bounds what one
+  pass may hold. Syslog gets each
   record as it happens, one datagram each (see ``_Syslog``).
 * A chat message is the hot path: the chat logs every one. A record through
   the ``logging`` module (a LogRecord, handler locks, a formatter per
@@ -323,9 +324,8 @@ class _LogFile(_Stream):
     """``--log-file``, appended to; reopened when logrotate moves it, or on ``reopen``."""
 
     def __init__(self, path):
-        self.name = self.path = path
-        self._failed = False
-        self.fd = None
+        super().__init__(None, path)  # no stream: the descriptor is ours
+        self.path = path
         self._identity = None
         self._open()
 
